@@ -1,0 +1,205 @@
+//! Reading cluster objects from files as `kubectl get -o yaml|json` prints them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The objects the proxy cares about. Everything else in the input is ignored.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterObjects {
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub endpoints: Vec<Endpoints>,
+    pub nodes: Vec<Node>,
+    pub service_cidrs: Vec<ServiceCIDR>,
+}
+
+/// An object that was left out, and why. Printed one per line on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub object: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipping {}: {}", self.object, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{source_name}: not valid YAML or JSON: {message}")]
+    Syntax {
+        source_name: String,
+        message: String,
+    },
+}
+
+impl ClusterObjects {
+    /// Adds every object found in `text` (multi-document YAML, or JSON; `kind: List`
+    /// wrappers are unwrapped). Objects of a known kind that do not decode are skipped
+    /// with a note; a document that is not YAML at all is an error.
+    pub fn add_text(
+        &mut self,
+        source_name: &str,
+        text: &str,
+        skipped: &mut Vec<Skipped>,
+    ) -> Result<(), InputError> {
+        let syntax = |e: &dyn std::fmt::Display| InputError::Syntax {
+            source_name: source_name.to_string(),
+            message: e.to_string(),
+        };
+        // JSON is valid YAML, but serde_json reads a 17 MB `kubectl -o json` dump an order
+        // of magnitude faster than the YAML parser.
+        let first = text.trim_start().chars().next();
+        if matches!(first, Some('{') | Some('[')) {
+            for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+                let doc = doc.map_err(|e| syntax(&e))?;
+                self.add_value(doc, skipped);
+            }
+        } else {
+            for doc in serde_yaml::Deserializer::from_str(text) {
+                let doc = Value::deserialize(doc).map_err(|e| syntax(&e))?;
+                self.add_value(doc, skipped);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_value(&mut self, doc: Value, skipped: &mut Vec<Skipped>) {
+        let Value::Object(mut map) = doc else {
+            if !doc.is_null() {
+                skipped.push(Skipped {
+                    object: "document".into(),
+                    reason: "not a Kubernetes object (expected a mapping)".into(),
+                });
+            }
+            return;
+        };
+        let kind = map
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let api = map
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if kind.ends_with("List") {
+            if let Some(Value::Array(items)) = map.remove("items") {
+                for item in items {
+                    self.add_value(item, skipped);
+                }
+            }
+            return;
+        }
+        let doc = Value::Object(map);
+        match (api.as_str(), kind.as_str()) {
+            ("v1", "Service") => decode(doc, "Service", &mut self.services, skipped),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                decode(doc, "EndpointSlice", &mut self.endpoint_slices, skipped)
+            }
+            ("v1", "Endpoints") => decode(doc, "Endpoints", &mut self.endpoints, skipped),
+            ("v1", "Node") => decode(doc, "Node", &mut self.nodes, skipped),
+            ("networking.k8s.io/v1", "ServiceCIDR") => {
+                decode(doc, "ServiceCIDR", &mut self.service_cidrs, skipped)
+            }
+            _ => tracing::debug!(%api, %kind, "ignoring object of a kind the proxy does not use"),
+        }
+    }
+
+    /// Puts every list in a canonical order so that input order never changes the output.
+    pub fn sort(&mut self) {
+        fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+            (
+                m.namespace.clone().unwrap_or_default(),
+                m.name.clone().unwrap_or_default(),
+            )
+        }
+        self.services.sort_by_key(|o| key(&o.metadata));
+        self.endpoint_slices.sort_by_key(|o| key(&o.metadata));
+        self.endpoints.sort_by_key(|o| key(&o.metadata));
+        self.nodes.sort_by_key(|o| key(&o.metadata));
+        self.service_cidrs.sort_by_key(|o| key(&o.metadata));
+    }
+}
+
+/// `Kind ns/name` for messages, read from raw metadata so it works for objects that fail
+/// to decode.
+pub fn describe(kind: &str, v: &Value) -> String {
+    let md = v.get("metadata");
+    let get = |k: &str| md.and_then(|m| m.get(k)).and_then(Value::as_str);
+    match (get("namespace"), get("name")) {
+        (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
+        (None, Some(n)) => format!("{kind} {n}"),
+        _ => format!("{kind} (unnamed)"),
+    }
+}
+
+fn decode<T: DeserializeOwned>(doc: Value, kind: &str, into: &mut Vec<T>, skipped: &mut Vec<Skipped>) {
+    let object = describe(kind, &doc);
+    match serde_json::from_value::<T>(doc) {
+        Ok(o) => into.push(o),
+        Err(e) => skipped.push(Skipped {
+            object,
+            reason: format!("does not decode: {e}"),
+        }),
+    }
+}
+
+/// Counts objects per kind, for log lines.
+pub fn summary(o: &ClusterObjects) -> BTreeMap<&'static str, usize> {
+    BTreeMap::from([
+        ("services", o.services.len()),
+        ("endpointslices", o.endpoint_slices.len()),
+        ("endpoints", o.endpoints.len()),
+        ("nodes", o.nodes.len()),
+        ("servicecidrs", o.service_cidrs.len()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_lists_multi_docs_and_json_alike() {
+        let yaml = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a, namespace: x}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
+        let mut o = ClusterObjects::default();
+        let mut sk = vec![];
+        o.add_text("t", yaml, &mut sk).unwrap();
+        assert_eq!(o.services.len(), 1);
+        assert_eq!(o.nodes.len(), 1);
+        assert!(sk.is_empty());
+        let json = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Service","metadata":{"name":"b","namespace":"y"}}]}"#;
+        o.add_text("j", json, &mut sk).unwrap();
+        assert_eq!(o.services.len(), 2);
+    }
+
+    #[test]
+    fn undecodable_object_is_skipped_with_its_name() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: ns}\nspec: {ports: eighty}\n";
+        let mut o = ClusterObjects::default();
+        let mut sk = vec![];
+        o.add_text("t", yaml, &mut sk).unwrap();
+        assert!(o.services.is_empty());
+        assert_eq!(sk.len(), 1);
+        assert_eq!(sk[0].object, "Service ns/bad");
+    }
+
+    #[test]
+    fn broken_yaml_is_an_error_naming_the_file() {
+        let mut o = ClusterObjects::default();
+        let err = o
+            .add_text("my.yaml", "a: [unclosed", &mut vec![])
+            .unwrap_err();
+        assert!(err.to_string().starts_with("my.yaml:"), "{err}");
+    }
+}

@@ -1,0 +1,604 @@
+//! Cluster objects + options -> `Model`. Every defect in an object reduces or skips that
+//! object with a note; nothing here fails the whole render.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{Endpoint, Family, Model, Proto, ServicePort};
+use crate::input::{ClusterObjects, Skipped};
+use crate::options::{NodePortAddresses, Options};
+
+const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+const DEFAULT_AFFINITY_TIMEOUT: i32 = 10800;
+
+pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) {
+    let mut notes = Vec::new();
+    let node = objects
+        .nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(opts.hostname.as_str()));
+    if node.is_none() && !objects.nodes.is_empty() {
+        notes.push(Skipped {
+            object: format!("Node {}", opts.hostname),
+            reason: "not found in the input; node IPs and zone are unknown".into(),
+        });
+    }
+    let node_ips = if opts.node_ips.is_empty() {
+        node.map(node_addresses).unwrap_or_default()
+    } else {
+        opts.node_ips.clone()
+    };
+    let node_zone = node
+        .and_then(|n| n.metadata.labels.as_ref())
+        .and_then(|l| l.get(LABEL_ZONE))
+        .cloned();
+    let service_cidrs = if opts.service_cidrs.is_empty() {
+        service_cidrs_from_objects(objects, &mut notes)
+    } else {
+        opts.service_cidrs.clone()
+    };
+
+    let mut families: BTreeSet<Family> = node_ips
+        .iter()
+        .map(Family::of)
+        .chain(opts.cluster_cidrs.iter().map(net_family))
+        .chain(service_cidrs.iter().map(net_family))
+        .collect();
+    if families.is_empty() {
+        // Nothing says which families the cluster has: follow the Services.
+        families = objects
+            .services
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.cluster_ip.as_deref()?.parse::<IpAddr>().ok())
+            .map(|ip| Family::of(&ip))
+            .collect();
+        if families.is_empty() {
+            families.insert(Family::V4);
+        }
+    }
+
+    let slices = group_slices(objects, &mut notes);
+    let endpoints_by_svc: BTreeMap<(String, String), &Endpoints> = objects
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            Some((
+                (e.metadata.namespace.clone()?, e.metadata.name.clone()?),
+                e,
+            ))
+        })
+        .collect();
+
+    let mut services = Vec::new();
+    let mut known = BTreeSet::new();
+    for svc in &objects.services {
+        let Some(key) = object_key(&svc.metadata) else {
+            notes.push(skip("Service (unnamed)", "has no name or namespace"));
+            continue;
+        };
+        let what = format!("Service {}/{}", key.0, key.1);
+        if !known.insert(key.clone()) {
+            notes.push(skip(&what, "appears twice in the input; the first copy is used"));
+            continue;
+        }
+        let ports = match service_ports(svc, &families, &mut notes, &what) {
+            Some(p) => p,
+            None => continue,
+        };
+        let svc_slices = slices.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let legacy = if svc_slices.is_empty() {
+            endpoints_by_svc.get(&key).copied()
+        } else {
+            None
+        };
+        for mut sp in ports {
+            sp.endpoints = if legacy.is_some() {
+                legacy_endpoints(legacy, &sp, &opts.hostname, &mut notes)
+            } else {
+                slice_endpoints(svc_slices, &sp, &opts.hostname, &mut notes)
+            };
+            services.push(sp);
+        }
+    }
+    for (key, list) in &slices {
+        if !known.contains(key) {
+            for s in list {
+                notes.push(skip(
+                    &format!(
+                        "EndpointSlice {}/{}",
+                        key.0,
+                        s.metadata.name.as_deref().unwrap_or("")
+                    ),
+                    &format!("its Service {}/{} does not exist", key.0, key.1),
+                ));
+            }
+        }
+    }
+    services.sort_by(|a, b| {
+        (&a.namespace, &a.name, &a.port_name, a.protocol).cmp(&(
+            &b.namespace,
+            &b.name,
+            &b.port_name,
+            b.protocol,
+        ))
+    });
+
+    let model = Model {
+        node_name: opts.hostname.clone(),
+        node_zone,
+        node_ips,
+        families: families.into_iter().collect(),
+        cluster_cidrs: opts.cluster_cidrs.clone(),
+        service_cidrs,
+        nodeport_addresses: opts.nodeport_addresses.clone(),
+        masquerade_all: opts.masquerade_all,
+        masquerade_mark: opts.masquerade_mark(),
+        services,
+    };
+    (model, notes)
+}
+
+fn skip(object: &str, reason: &str) -> Skipped {
+    Skipped {
+        object: object.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn net_family(n: &IpNet) -> Family {
+    Family::of(&n.addr())
+}
+
+fn object_key(
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<(String, String)> {
+    Some((m.namespace.clone()?, m.name.clone()?))
+}
+
+/// InternalIPs first (kube-proxy's choice), ExternalIPs only when there is none.
+fn node_addresses(n: &Node) -> Vec<IpAddr> {
+    let addrs = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let pick = |t: &str| -> Vec<IpAddr> {
+        addrs
+            .iter()
+            .filter(|a| a.type_ == t)
+            .filter_map(|a| a.address.trim().parse().ok())
+            .collect()
+    };
+    let internal = pick("InternalIP");
+    if internal.is_empty() {
+        pick("ExternalIP")
+    } else {
+        internal
+    }
+}
+
+fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Skipped>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for sc in &o.service_cidrs {
+        for c in sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten() {
+            match parse_cidr(c) {
+                Some(n) => out.push(n),
+                None => notes.push(skip(
+                    &format!("ServiceCIDR {}", sc.metadata.name.as_deref().unwrap_or("")),
+                    &format!("invalid CIDR {c:?} ignored"),
+                )),
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Parses a CIDR the way upstream tolerates it: surrounding spaces, host bits set.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Some(n.trunc());
+    }
+    // A bare address is a host route.
+    s.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+/// DNS-1123 label: what namespaces and Service names must be. Everything we put in chain
+/// names comes through here or `valid_port_name`, so nft never sees odd characters.
+fn valid_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn valid_port_name(s: &str) -> bool {
+    s.is_empty() || valid_dns_label(s)
+}
+
+fn service_ports(
+    svc: &Service,
+    families: &BTreeSet<Family>,
+    notes: &mut Vec<Skipped>,
+    what: &str,
+) -> Option<Vec<ServicePort>> {
+    let md = &svc.metadata;
+    let (ns, name) = (md.namespace.clone()?, md.name.clone()?);
+    if let Some(labels) = &md.labels {
+        if labels.contains_key(LABEL_PROXY_NAME) {
+            tracing::debug!(service = what, "served by another proxy");
+            return None;
+        }
+        if labels.contains_key(LABEL_HEADLESS) {
+            return None;
+        }
+    }
+    if !valid_dns_label(&ns) || !valid_dns_label(&name) {
+        notes.push(skip(
+            &format!("Service {}", shorten(&format!("{ns}/{name}"))),
+            "namespace and name must be DNS labels of at most 63 characters",
+        ));
+        return None;
+    }
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let raw_ips: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), _) if !ips.is_empty() => ips.clone(),
+        (_, Some(ip)) => vec![ip.clone()],
+        _ => vec![],
+    };
+    if raw_ips.is_empty() || raw_ips.iter().any(|s| s == "None" || s.is_empty()) {
+        return None; // headless
+    }
+    let mut cluster_ips = Vec::new();
+    for s in &raw_ips {
+        match s.trim().parse::<IpAddr>() {
+            Ok(ip) if !families.contains(&Family::of(&ip)) => notes.push(skip(
+                what,
+                &format!("cluster IP {ip} is of an IP family this node does not proxy; ignored"),
+            )),
+            Ok(ip) if cluster_ips.iter().any(|c| Family::of(c) == Family::of(&ip)) => {}
+            Ok(ip) => cluster_ips.push(ip),
+            Err(_) => {
+                notes.push(skip(what, &format!("invalid cluster IP {s:?}")));
+                return None;
+            }
+        }
+    }
+    if cluster_ips.is_empty() {
+        return None;
+    }
+    let ips_of = |list: &[String], field: &str, notes: &mut Vec<Skipped>| -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for s in list {
+            match s.trim().parse::<IpAddr>() {
+                Ok(ip) if families.contains(&Family::of(&ip)) => out.push(ip),
+                Ok(_) => {}
+                Err(_) => notes.push(skip(what, &format!("invalid {field} {s:?} ignored"))),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    };
+    let external_ips = ips_of(spec.external_ips.as_deref().unwrap_or(&[]), "externalIP", notes);
+    let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
+    let lb_raw: Vec<String> = if is_lb {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            // Proxy-mode load balancers deliver to the node, not to the VIP.
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.clone())
+            .collect()
+    } else {
+        vec![]
+    };
+    let load_balancer_ips = ips_of(&lb_raw, "load balancer ingress IP", notes);
+    let mut load_balancer_source_ranges = Vec::new();
+    for r in spec.load_balancer_source_ranges.iter().flatten() {
+        match parse_cidr(r) {
+            Some(n) if families.contains(&net_family(&n)) => load_balancer_source_ranges.push(n),
+            Some(_) => {}
+            None => notes.push(skip(
+                what,
+                &format!("invalid loadBalancerSourceRange {r:?} ignored"),
+            )),
+        }
+    }
+    load_balancer_source_ranges.sort();
+    load_balancer_source_ranges.dedup();
+    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let t = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+        if (1..=86400).contains(&t) {
+            Some(t as u32)
+        } else {
+            notes.push(skip(
+                what,
+                &format!("session affinity timeout {t} out of range 1..86400; using 10800"),
+            ));
+            Some(DEFAULT_AFFINITY_TIMEOUT as u32)
+        }
+    } else {
+        None
+    };
+    let node_port_type = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
+    let mut out: Vec<ServicePort> = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let port_name = p.name.clone().unwrap_or_default();
+        let pwhat = format!("{what} port {:?}", port_name);
+        if !valid_port_name(&port_name) {
+            notes.push(skip(&pwhat, "invalid port name"));
+            continue;
+        }
+        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Proto::Tcp,
+            "UDP" => Proto::Udp,
+            "SCTP" => Proto::Sctp,
+            other => {
+                notes.push(skip(&pwhat, &format!("unsupported protocol {other:?}")));
+                continue;
+            }
+        };
+        let Ok(port) = u16::try_from(p.port).map_err(|_| ()).and_then(|v| {
+            if v == 0 {
+                Err(())
+            } else {
+                Ok(v)
+            }
+        }) else {
+            notes.push(skip(&pwhat, &format!("port {} out of range 1..65535", p.port)));
+            continue;
+        };
+        let node_port = match p.node_port {
+            Some(n) if node_port_type && n != 0 => match u16::try_from(n) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    notes.push(skip(&pwhat, &format!("nodePort {n} out of range; ignored")));
+                    None
+                }
+            },
+            _ => None,
+        };
+        if out
+            .iter()
+            .any(|o| o.port_name == port_name || (o.port == port && o.protocol == protocol))
+        {
+            notes.push(skip(&pwhat, "duplicate port in the Service"));
+            continue;
+        }
+        out.push(ServicePort {
+            namespace: ns.clone(),
+            name: name.clone(),
+            port_name,
+            protocol,
+            cluster_ips: cluster_ips.clone(),
+            port,
+            node_port,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
+            load_balancer_source_ranges: load_balancer_source_ranges.clone(),
+            external_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            affinity_timeout,
+            endpoints: vec![],
+        });
+    }
+    Some(out)
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() > 80 {
+        format!("{}...", &s[..s.char_indices().nth(77).map(|(i, _)| i).unwrap_or(s.len())])
+    } else {
+        s.to_string()
+    }
+}
+
+type SvcKey = (String, String);
+
+fn group_slices<'a>(
+    o: &'a ClusterObjects,
+    notes: &mut Vec<Skipped>,
+) -> BTreeMap<SvcKey, Vec<&'a EndpointSlice>> {
+    let mut out: BTreeMap<SvcKey, Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in &o.endpoint_slices {
+        let what = format!(
+            "EndpointSlice {}/{}",
+            s.metadata.namespace.as_deref().unwrap_or(""),
+            s.metadata.name.as_deref().unwrap_or("")
+        );
+        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+            tracing::debug!(slice = what, "ignoring addressType {}", s.address_type);
+            continue;
+        }
+        let svc = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SERVICE_NAME));
+        match (&s.metadata.namespace, svc) {
+            (Some(ns), Some(svc)) => out.entry((ns.clone(), svc.clone())).or_default().push(s),
+            _ => notes.push(skip(&what, "has no kubernetes.io/service-name label")),
+        }
+    }
+    out
+}
+
+fn add_endpoint(list: &mut Vec<Endpoint>, ep: Endpoint, what: &str, notes: &mut Vec<Skipped>) {
+    if let Some(old) = list.iter_mut().find(|e| e.ip == ep.ip && e.port == ep.port) {
+        notes.push(skip(
+            what,
+            &format!("duplicate endpoint {}; one copy kept", ep.sort_key()),
+        ));
+        // Upstream keeps the local copy of a duplicate.
+        if ep.local && !old.local {
+            *old = ep;
+        }
+        return;
+    }
+    list.push(ep);
+}
+
+fn slice_endpoints(
+    slices: &[&EndpointSlice],
+    sp: &ServicePort,
+    node: &str,
+    notes: &mut Vec<Skipped>,
+) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for s in slices {
+        let what = format!(
+            "EndpointSlice {}/{}",
+            s.metadata.namespace.as_deref().unwrap_or(""),
+            s.metadata.name.as_deref().unwrap_or("")
+        );
+        let Some(port) = s.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == sp.port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == proto_api(sp.protocol)
+        }) else {
+            continue;
+        };
+        let Some(port) = port.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+        else {
+            notes.push(skip(&what, &format!("port {:?} has no valid number", sp.port_name)));
+            continue;
+        };
+        let want_v6 = s.address_type == "IPv6";
+        for e in &s.endpoints {
+            let Some(addr) = e.addresses.first() else {
+                continue;
+            };
+            let ip: IpAddr = match addr.trim().parse() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    notes.push(skip(&what, &format!("invalid endpoint address {addr:?} ignored")));
+                    continue;
+                }
+            };
+            if ip.is_ipv6() != want_v6 {
+                notes.push(skip(
+                    &what,
+                    &format!("endpoint {ip} does not match addressType {}", s.address_type),
+                ));
+                continue;
+            }
+            let c = e.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let ep = Endpoint {
+                ip,
+                port,
+                ready,
+                serving: c.and_then(|c| c.serving).unwrap_or(ready),
+                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                local: e.node_name.as_deref() == Some(node),
+                zone_hints: e.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(|z| {
+                    z.iter().map(|z| z.name.clone()).collect()
+                }),
+            };
+            add_endpoint(&mut out, ep, &what, notes);
+        }
+    }
+    out.sort_by_key(Endpoint::sort_key);
+    out
+}
+
+fn legacy_endpoints(
+    eps: Option<&Endpoints>,
+    sp: &ServicePort,
+    node: &str,
+    notes: &mut Vec<Skipped>,
+) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    let Some(eps) = eps else { return out };
+    let what = format!(
+        "Endpoints {}/{}",
+        eps.metadata.namespace.as_deref().unwrap_or(""),
+        eps.metadata.name.as_deref().unwrap_or("")
+    );
+    for subset in eps.subsets.iter().flatten() {
+        let Some(port) = subset.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == sp.port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == proto_api(sp.protocol)
+        }) else {
+            continue;
+        };
+        let Some(port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
+            continue;
+        };
+        let all = [(&subset.addresses, true), (&subset.not_ready_addresses, false)];
+        for (list, ready) in all {
+            for a in list.iter().flatten() {
+                let Ok(ip) = a.ip.trim().parse::<IpAddr>() else {
+                    notes.push(skip(&what, &format!("invalid address {:?} ignored", a.ip)));
+                    continue;
+                };
+                let ep = Endpoint {
+                    ip,
+                    port,
+                    ready,
+                    serving: ready,
+                    terminating: false,
+                    local: a.node_name.as_deref() == Some(node),
+                    zone_hints: None,
+                };
+                add_endpoint(&mut out, ep, &what, notes);
+            }
+        }
+    }
+    out.sort_by_key(Endpoint::sort_key);
+    out
+}
+
+fn proto_api(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "TCP",
+        Proto::Udp => "UDP",
+        Proto::Sctp => "SCTP",
+    }
+}
+
+pub fn nodeport_ips(m: &Model, f: Family) -> NodePortIps {
+    let of_family = m.node_ips.iter().copied().filter(|ip| Family::of(ip) == f);
+    match &m.nodeport_addresses {
+        NodePortAddresses::Primary => NodePortIps::List(of_family.take(1).collect()),
+        NodePortAddresses::Cidrs(cidrs) => {
+            let fam: Vec<&IpNet> = cidrs.iter().filter(|c| net_family(c) == f).collect();
+            if fam.is_empty() || fam.iter().any(|c| c.prefix_len() == 0) {
+                NodePortIps::AllLocal
+            } else {
+                NodePortIps::List(of_family.filter(|ip| fam.iter().any(|c| c.contains(ip))).collect())
+            }
+        }
+    }
+}
+
+/// Where NodePorts listen, per family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodePortIps {
+    List(Vec<IpAddr>),
+    /// Every local address (`fib daddr type local`), loopback excluded.
+    AllLocal,
+}

@@ -1,0 +1,99 @@
+//! The pure model: what each Service port means on this node, after validation. Built from
+//! cluster objects and options; knows nothing about nftables.
+
+mod build;
+mod endpoints;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+pub use crate::ruleset::ir::{Family, Proto};
+pub use build::{build, nodeport_ips, parse_cidr, NodePortIps};
+pub use endpoints::{categorize, Categorized};
+
+use crate::options::NodePortAddresses;
+
+/// Everything the rule builder needs, per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub node_name: String,
+    pub node_zone: Option<String>,
+    /// This node's IPs, primary first per family.
+    pub node_ips: Vec<IpAddr>,
+    /// IP families this node proxies; one table each.
+    pub families: Vec<Family>,
+    pub cluster_cidrs: Vec<IpNet>,
+    pub service_cidrs: Vec<IpNet>,
+    pub nodeport_addresses: NodePortAddresses,
+    pub masquerade_all: bool,
+    pub masquerade_mark: u32,
+    /// Sorted by namespace, name, port name, protocol.
+    pub services: Vec<ServicePort>,
+}
+
+/// One port of one Service: the unit kube-proxy programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub protocol: Proto,
+    /// At most one per family.
+    pub cluster_ips: Vec<IpAddr>,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_source_ranges: Vec<IpNet>,
+    pub external_policy_local: bool,
+    pub internal_policy_local: bool,
+    /// ClientIP session affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// Deduplicated, sorted by `IP:port` as upstream does.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// `ns/name:port` (or `ns/name` for an unnamed port), as kube-proxy logs it.
+    pub fn id(&self) -> String {
+        if self.port_name.is_empty() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}:{}", self.namespace, self.name, self.port_name)
+        }
+    }
+
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    pub fn cluster_ip(&self, f: Family) -> Option<IpAddr> {
+        self.cluster_ips.iter().copied().find(|ip| Family::of(ip) == f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// Runs on this node.
+    pub local: bool,
+    /// Zones from `hints.forZones`; `None` when the endpoint has no hints.
+    pub zone_hints: Option<Vec<String>>,
+}
+
+impl Endpoint {
+    /// The order upstream sorts endpoints in: the `IP:port` string.
+    pub fn sort_key(&self) -> String {
+        match self.ip {
+            IpAddr::V4(a) => format!("{a}:{}", self.port),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.port),
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Turning the IR into something the kernel or a person reads: nft text here, netlink later.
+
+pub mod normalize;
+pub mod text;

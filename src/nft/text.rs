@@ -1,0 +1,376 @@
+//! The IR as nft text, written in the form `nft list table` prints it back, so a rendered
+//! file and a listing of the kernel compare after sorting set elements only.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use crate::ruleset::ir::{
+    BaseChain, Chain, ChainType, CmpOp, Element, ElementData, Expr, Family, Field, FibAddr, Hook,
+    KeyType, MapData, Rule, Ruleset, Set, Table, Value, Verdict,
+};
+
+/// The whole script for `nft -f`: for each table, create-if-missing, delete and recreate,
+/// all in the one transaction `nft -f` makes of a file, so applying it over an older copy
+/// replaces the table atomically.
+pub fn script(rs: &Ruleset) -> String {
+    let mut out = String::with_capacity(estimate(rs));
+    for t in &rs.tables {
+        let fam = family_name(t.family);
+        let _ = writeln!(out, "table {fam} {} {{}}", t.name);
+        let _ = writeln!(out, "delete table {fam} {}", t.name);
+    }
+    for t in &rs.tables {
+        table(&mut out, t);
+    }
+    out
+}
+
+fn estimate(rs: &Ruleset) -> usize {
+    rs.tables
+        .iter()
+        .map(|t| {
+            t.sets.iter().map(|s| s.elements.len() * 64).sum::<usize>()
+                + t.chains.iter().map(|c| 64 + c.rules.len() * 96).sum::<usize>()
+        })
+        .sum()
+}
+
+/// One table block, exactly as `nft list table` prints it (set elements one per line).
+pub fn table_text(t: &Table) -> String {
+    let mut out = String::new();
+    table(&mut out, t);
+    out
+}
+
+fn table(out: &mut String, t: &Table) {
+    let _ = writeln!(out, "table {} {} {{", family_name(t.family), t.name);
+    if let Some(c) = &t.comment {
+        let _ = writeln!(out, "\tcomment {}", quote(c));
+    }
+    let mut first = true;
+    for s in &t.sets {
+        if !first {
+            out.push('\n');
+        }
+        first = false;
+        set(out, t.family, s);
+    }
+    for c in &t.chains {
+        if !first {
+            out.push('\n');
+        }
+        first = false;
+        chain(out, t.family, c);
+    }
+    out.push_str("}\n");
+}
+
+pub fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+fn key_type(f: Family, k: KeyType) -> &'static str {
+    match (k, f) {
+        (KeyType::Addr, Family::V4) => "ipv4_addr",
+        (KeyType::Addr, Family::V6) => "ipv6_addr",
+        (KeyType::Proto, _) => "inet_proto",
+        (KeyType::Service, _) => "inet_service",
+    }
+}
+
+fn join_types(f: Family, ks: &[KeyType]) -> String {
+    ks.iter()
+        .map(|k| key_type(f, *k))
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+fn set(out: &mut String, f: Family, s: &Set) {
+    let kw = if s.is_map() { "map" } else { "set" };
+    let _ = writeln!(out, "\t{kw} {} {{", s.name);
+    let _ = write!(out, "\t\ttype {}", join_types(f, &s.key));
+    match &s.data {
+        Some(MapData::Verdict) => out.push_str(" : verdict"),
+        Some(MapData::Values(v)) => {
+            let _ = write!(out, " : {}", join_types(f, v));
+        }
+        None => {}
+    }
+    out.push('\n');
+    if s.flags.dynamic {
+        // The kernel gives dynamic sets a default size and nft prints it.
+        out.push_str("\t\tsize 65535\n");
+    }
+    let flags: Vec<&str> = [
+        (s.flags.dynamic, "dynamic"),
+        (s.flags.timeout, "timeout"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
+    if !flags.is_empty() {
+        let _ = writeln!(out, "\t\tflags {}", flags.join(","));
+    }
+    if let Some(t) = s.timeout {
+        let _ = writeln!(out, "\t\ttimeout {}", duration(t));
+    }
+    if let Some(c) = &s.comment {
+        let _ = writeln!(out, "\t\tcomment {}", quote(c));
+    }
+    if !s.elements.is_empty() {
+        out.push_str("\t\telements = { ");
+        for (i, e) in s.elements.iter().enumerate() {
+            if i > 0 {
+                out.push_str(",\n\t\t\t     ");
+            }
+            element(out, e);
+        }
+        out.push_str(" }\n");
+    }
+    out.push_str("\t}\n");
+}
+
+pub fn element_text(e: &Element) -> String {
+    let mut s = String::new();
+    element(&mut s, e);
+    s
+}
+
+pub fn element(out: &mut String, e: &Element) {
+    values(out, &e.key);
+    match &e.data {
+        Some(ElementData::Verdict(v)) => {
+            out.push_str(" : ");
+            verdict(out, Family::V4, v);
+        }
+        Some(ElementData::Values(v)) => {
+            out.push_str(" : ");
+            values(out, v);
+        }
+        None => {}
+    }
+}
+
+fn values(out: &mut String, vs: &[Value]) {
+    for (i, v) in vs.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" . ");
+        }
+        match v {
+            Value::Addr(a) => {
+                let _ = write!(out, "{a}");
+            }
+            Value::Proto(p) => out.push_str(p.name()),
+            Value::Port(p) => {
+                let _ = write!(out, "{p}");
+            }
+        }
+    }
+}
+
+/// nft prints timeouts in the largest units that divide them: `3h`, `10m`, `1h30m`, `45s`.
+pub fn duration(secs: u32) -> String {
+    if secs == 0 {
+        return "0s".into();
+    }
+    let (d, h, m, s) = (
+        secs / 86400,
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+    );
+    let mut out = String::new();
+    for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            let _ = write!(out, "{n}{unit}");
+        }
+    }
+    out
+}
+
+fn chain(out: &mut String, f: Family, c: &Chain) {
+    let _ = writeln!(out, "\tchain {} {{", c.name);
+    if let Some(cm) = &c.comment {
+        let _ = writeln!(out, "\t\tcomment {}", quote(cm));
+    }
+    if let Some(b) = &c.base {
+        let _ = writeln!(
+            out,
+            "\t\ttype {} hook {} priority {}; policy accept;",
+            match b.kind {
+                ChainType::Filter => "filter",
+                ChainType::Nat => "nat",
+            },
+            hook_name(b.hook),
+            priority(b)
+        );
+    }
+    for r in &c.rules {
+        out.push_str("\t\t");
+        rule(out, f, r);
+        out.push('\n');
+    }
+    out.push_str("\t}\n");
+}
+
+fn hook_name(h: Hook) -> &'static str {
+    match h {
+        Hook::Prerouting => "prerouting",
+        Hook::Input => "input",
+        Hook::Forward => "forward",
+        Hook::Output => "output",
+        Hook::Postrouting => "postrouting",
+    }
+}
+
+/// nft names a priority only where the name is standard for that hook.
+fn priority(b: &BaseChain) -> String {
+    let named = match b.hook {
+        Hook::Prerouting => Some(("dstnat", -100)),
+        Hook::Postrouting => Some(("srcnat", 100)),
+        _ => None,
+    };
+    if b.priority == 0 {
+        return "filter".into();
+    }
+    if let Some((name, base)) = named {
+        let d = b.priority - base;
+        return match d {
+            0 => name.to_string(),
+            d if d < 0 => format!("{name} - {}", -d),
+            d => format!("{name} + {d}"),
+        };
+    }
+    b.priority.to_string()
+}
+
+/// One rule, as nft lists it.
+pub fn rule(out: &mut String, f: Family, r: &Rule) {
+    let mut parts: Vec<String> = r.exprs.iter().map(|e| expr(f, e)).collect();
+    if let Some(v) = &r.verdict {
+        let mut s = String::new();
+        verdict(&mut s, f, v);
+        parts.push(s);
+    }
+    if let Some(c) = &r.comment {
+        parts.push(format!("comment {}", quote(c)));
+    }
+    out.push_str(&parts.join(" "));
+}
+
+pub fn rule_text(f: Family, r: &Rule) -> String {
+    let mut s = String::new();
+    rule(&mut s, f, r);
+    s
+}
+
+fn field(f: Family, fl: Field) -> &'static str {
+    match (fl, f) {
+        (Field::Saddr, Family::V4) => "ip saddr",
+        (Field::Saddr, Family::V6) => "ip6 saddr",
+        (Field::Daddr, Family::V4) => "ip daddr",
+        (Field::Daddr, Family::V6) => "ip6 daddr",
+        (Field::L4Proto, _) => "meta l4proto",
+        (Field::Dport, _) => "th dport",
+    }
+}
+
+fn key(f: Family, k: &[Field]) -> String {
+    k.iter()
+        .map(|x| field(f, *x))
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+pub fn prefix(addr: &IpAddr, len: u8) -> String {
+    let full = if addr.is_ipv4() { 32 } else { 128 };
+    if len >= full {
+        addr.to_string()
+    } else {
+        format!("{addr}/{len}")
+    }
+}
+
+fn mark(m: u32) -> String {
+    format!("0x{m:08x}")
+}
+
+fn expr(f: Family, e: &Expr) -> String {
+    match e {
+        Expr::AddrCmp {
+            field: fl,
+            op,
+            addr,
+            prefix_len,
+        } => {
+            let op = match op {
+                CmpOp::Eq => "",
+                CmpOp::Neq => "!= ",
+            };
+            format!("{} {op}{}", field(f, *fl), prefix(addr, *prefix_len))
+        }
+        Expr::L4Proto(p) => format!("meta l4proto {}", p.name()),
+        Expr::Lookup { key: k, set } => format!("{} @{set}", key(f, k)),
+        Expr::CtStateNew => "ct state new".into(),
+        Expr::CtStatusDnat => "ct status dnat".into(),
+        Expr::FibLocal(FibAddr::Saddr) => "fib saddr type local".into(),
+        Expr::FibLocal(FibAddr::Daddr) => "fib daddr type local".into(),
+        Expr::Numgen { modulus, value } => format!("numgen random mod {modulus} {value}"),
+        Expr::MarkSet(m) => format!("meta mark & {} != {}", mark(*m), mark(0)),
+        Expr::MarkOr(m) => format!("meta mark set meta mark | {}", mark(*m)),
+        Expr::MarkXor(m) => format!("meta mark set meta mark ^ {}", mark(*m)),
+        Expr::UpdateAffinity {
+            map,
+            key: k,
+            timeout,
+            addr,
+            port,
+        } => format!(
+            "update @{map} {{ {} timeout {} : {addr} . {port} }}",
+            key(f, k),
+            duration(*timeout)
+        ),
+    }
+}
+
+fn verdict(out: &mut String, f: Family, v: &Verdict) {
+    match v {
+        Verdict::Accept => out.push_str("accept"),
+        Verdict::Drop => out.push_str("drop"),
+        Verdict::Return => out.push_str("return"),
+        Verdict::Reject => out.push_str("reject"),
+        Verdict::Masquerade => out.push_str("masquerade fully-random"),
+        Verdict::Jump(c) => {
+            let _ = write!(out, "jump {c}");
+        }
+        Verdict::Goto(c) => {
+            let _ = write!(out, "goto {c}");
+        }
+        Verdict::Vmap { key: k, map } => {
+            let _ = write!(out, "{} vmap @{map}", key(f, k));
+        }
+        Verdict::Dnat { proto, addr, port } => {
+            let target = match addr {
+                IpAddr::V4(a) => format!("{a}:{port}"),
+                IpAddr::V6(a) => format!("[{a}]:{port}"),
+            };
+            let _ = write!(out, "meta l4proto {} dnat to {target}", proto.name());
+        }
+        Verdict::DnatMap { proto, key: k, map } => {
+            // nft folds the protocol match into the port field when listing (`tcp dport`),
+            // so this is written the way it lists.
+            let k = key(f, k).replace("th dport", &format!("{} dport", proto.name()));
+            let _ = write!(out, "dnat {} to {k} map @{map}", family_name(f));
+        }
+    }
+}
+
+/// nft comments are double-quoted strings without escapes; the builder never puts a quote
+/// in one, but a stray one must not break the script.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "'"))
+}

@@ -1,0 +1,56 @@
+//! The resolved settings a render (and later a sync) runs with: flags merged over a
+//! KubeProxyConfiguration file. Plain data; parsing lives in `config`.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Which node addresses accept NodePort traffic (`--nodeport-addresses`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NodePortAddresses {
+    /// The node's primary IPs (one per family), the nftables-mode default.
+    #[default]
+    Primary,
+    /// Node IPs inside any of these CIDRs; a `0.0.0.0/0` or `::/0` entry means every local
+    /// address of that family (matched with `fib daddr type local`).
+    Cidrs(Vec<IpNet>),
+}
+
+/// Everything the pure core needs besides the cluster objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// This node's name (`--hostname-override`, else the machine's hostname).
+    pub hostname: String,
+    /// `--node-ip`; empty means "take them from this node's Node object".
+    pub node_ips: Vec<IpAddr>,
+    /// `--cluster-cidr`: pod CIDRs used to tell pod traffic from outside traffic.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: NodePortAddresses,
+    /// `--service-cidr`; empty means "take them from ServiceCIDR objects".
+    pub service_cidrs: Vec<IpNet>,
+    /// `--masquerade-all`.
+    pub masquerade_all: bool,
+    /// `nftables.masqueradeBit` (default 14, mark 0x4000).
+    pub masquerade_bit: u8,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hostname: String::new(),
+            node_ips: Vec::new(),
+            cluster_cidrs: Vec::new(),
+            nodeport_addresses: NodePortAddresses::Primary,
+            service_cidrs: Vec::new(),
+            masquerade_all: false,
+            masquerade_bit: 14,
+        }
+    }
+}
+
+impl Options {
+    pub fn masquerade_mark(&self) -> u32 {
+        1u32 << self.masquerade_bit
+    }
+}

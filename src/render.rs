@@ -1,0 +1,27 @@
+//! The pure pipeline behind `render`: files -> objects -> model -> IR -> text.
+
+use crate::input::{ClusterObjects, InputError, Skipped};
+use crate::model;
+use crate::options::Options;
+use crate::ruleset::{self, ir::Ruleset};
+
+/// Objects and options to the desired ruleset, with a note for everything left out.
+pub fn ruleset(objects: &ClusterObjects, opts: &Options) -> (Ruleset, Vec<Skipped>) {
+    let (m, mut notes) = model::build(objects, opts);
+    let (rs, more) = ruleset::build(&m);
+    notes.extend(more);
+    (rs, notes)
+}
+
+/// Reads every source (name, text) into one set of objects.
+pub fn read_sources<'a>(
+    sources: impl IntoIterator<Item = (&'a str, &'a str)>,
+    notes: &mut Vec<Skipped>,
+) -> Result<ClusterObjects, InputError> {
+    let mut objects = ClusterObjects::default();
+    for (name, text) in sources {
+        objects.add_text(name, text, notes)?;
+    }
+    objects.sort();
+    Ok(objects)
+}

@@ -1,0 +1,289 @@
+//! The ruleset as data: what the node's nftables tables must hold. Both the nft text
+//! (`nft::text`) and the netlink batch come from these types, so nothing here is a string
+//! of nft syntax; every rule is a list of typed expressions and a verdict.
+
+use std::net::IpAddr;
+
+/// The address family of one table. The IR is written once per family; fields such as
+/// `Field::Saddr` print as `ip saddr` or `ip6 saddr` depending on the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    pub tables: Vec<Table>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub family: Family,
+    pub name: String,
+    pub comment: Option<String>,
+    pub sets: Vec<Set>,
+    pub chains: Vec<Chain>,
+}
+
+impl Table {
+    pub fn set(&self, name: &str) -> Option<&Set> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+}
+
+/// One component of a set key or of map data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyType {
+    /// `ipv4_addr` / `ipv6_addr`, following the table's family.
+    Addr,
+    /// `inet_proto`
+    Proto,
+    /// `inet_service`
+    Service,
+}
+
+/// What a map maps to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MapData {
+    Verdict,
+    /// A concatenation of values, e.g. `ipv4_addr . inet_service` for DNAT targets.
+    Values(Vec<KeyType>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct SetFlags {
+    /// Elements are added by the datapath (`update @set`).
+    pub dynamic: bool,
+    /// Elements expire.
+    pub timeout: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub name: String,
+    pub key: Vec<KeyType>,
+    /// `Some` for a map.
+    pub data: Option<MapData>,
+    pub flags: SetFlags,
+    /// Default element timeout in seconds.
+    pub timeout: Option<u32>,
+    pub comment: Option<String>,
+    /// Sorted and unique (the builder guarantees it), so sets compare and diff cheaply.
+    pub elements: Vec<Element>,
+}
+
+impl Set {
+    pub fn is_map(&self) -> bool {
+        self.data.is_some()
+    }
+}
+
+/// A constant value inside a set element or a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    Addr(IpAddr),
+    Proto(Proto),
+    Port(u16),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Element {
+    pub key: Vec<Value>,
+    pub data: Option<ElementData>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ElementData {
+    Verdict(Verdict),
+    Values(Vec<Value>),
+}
+
+/// Transport protocols a Service port may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChainType {
+    Filter,
+    Nat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BaseChain {
+    pub kind: ChainType,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    /// `Some` for a base chain attached to a netfilter hook (policy is always accept).
+    pub base: Option<BaseChain>,
+    pub comment: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+impl Chain {
+    pub fn regular(name: impl Into<String>) -> Chain {
+        Chain {
+            name: name.into(),
+            base: None,
+            comment: None,
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Matches and statements, in evaluation order.
+    pub exprs: Vec<Expr>,
+    pub verdict: Option<Verdict>,
+    pub comment: Option<String>,
+}
+
+impl Rule {
+    pub fn new(exprs: Vec<Expr>, verdict: Option<Verdict>) -> Rule {
+        Rule {
+            exprs,
+            verdict,
+            comment: None,
+        }
+    }
+    pub fn with_comment(mut self, c: impl Into<String>) -> Rule {
+        self.comment = Some(c.into());
+        self
+    }
+}
+
+/// A packet field a rule can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    /// `ip saddr` / `ip6 saddr`
+    Saddr,
+    /// `ip daddr` / `ip6 daddr`
+    Daddr,
+    /// `meta l4proto`
+    L4Proto,
+    /// `th dport`
+    Dport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Eq,
+    Neq,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FibAddr {
+    Saddr,
+    Daddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Expr {
+    /// `ip saddr 10.0.0.0/8`, `ip daddr != 127.0.0.0/8`: an address field against a prefix
+    /// (a full-length prefix prints as a plain address).
+    AddrCmp {
+        field: Field,
+        op: CmpOp,
+        addr: IpAddr,
+        prefix_len: u8,
+    },
+    /// `meta l4proto tcp`
+    L4Proto(Proto),
+    /// `ip daddr @cluster-ips`, `ip saddr . ip daddr . meta l4proto . th dport @hairpin`
+    Lookup { key: Vec<Field>, set: String },
+    /// `ct state new`
+    CtStateNew,
+    /// `ct status dnat`
+    CtStatusDnat,
+    /// `fib saddr type local`
+    FibLocal(FibAddr),
+    /// `numgen random mod N V`: true with probability 1/N for V < N.
+    Numgen { modulus: u32, value: u32 },
+    /// `meta mark & M != 0`
+    MarkSet(u32),
+    /// `meta mark set meta mark | M`
+    MarkOr(u32),
+    /// `meta mark set meta mark ^ M`
+    MarkXor(u32),
+    /// `update @map { key timeout T : addr . port }`: remember the chosen endpoint.
+    UpdateAffinity {
+        map: String,
+        key: Vec<Field>,
+        timeout: u32,
+        addr: IpAddr,
+        port: u16,
+    },
+}
+
+/// How a rule ends. Statements that end evaluation (NAT, reject) are verdicts here because
+/// nothing may follow them in a rule.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    Goto(String),
+    /// `reject` (ICMP port unreachable / TCP reset as the kernel chooses).
+    Reject,
+    /// `<key> vmap @map`
+    Vmap { key: Vec<Field>, map: String },
+    /// `meta l4proto P dnat to addr:port`
+    Dnat { proto: Proto, addr: IpAddr, port: u16 },
+    /// `dnat ip to <key> map @map`: the remembered endpoint, if any.
+    DnatMap {
+        proto: Proto,
+        key: Vec<Field>,
+        map: String,
+    },
+    /// `masquerade fully-random`
+    Masquerade,
+}

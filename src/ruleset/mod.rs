@@ -1,0 +1,7 @@
+//! The desired ruleset: the IR types and the builder that turns a `Model` into them.
+
+mod build;
+pub mod ir;
+pub mod names;
+
+pub use build::{build, TABLE_NAME};
