@@ -3,5 +3,7 @@
 mod build;
 pub mod ir;
 pub mod names;
+pub mod tx;
+pub mod diff;
 
 pub use build::{build, TABLE_NAME};
