@@ -1,4 +1,5 @@
 //! Turning the IR into something the kernel or a person reads: nft text here, netlink later.
 
 pub mod normalize;
+pub mod parse;
 pub mod text;

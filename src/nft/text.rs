@@ -374,3 +374,71 @@ fn verdict(out: &mut String, f: Family, v: &Verdict) {
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "'"))
 }
+
+/// A transaction for people: `full sync` with totals for a wholesale replace, otherwise
+/// `partial sync` and one line per changed object (`+`/`-` chain, `~` rewritten chain,
+/// `+`/`-` element). `apply` and `run --dry-run` print this.
+pub fn describe(tx: &crate::ruleset::tx::Transaction) -> String {
+    use crate::ruleset::tx::Op;
+    let mut out = String::new();
+    if tx.is_empty() {
+        return "partial sync: no changes\n".into();
+    }
+    let full = tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }));
+    let count = |f: &dyn Fn(&Op) -> usize| tx.ops.iter().map(f).sum::<usize>();
+    let chains = count(&|o| matches!(o, Op::AddChain { .. }) as usize);
+    let rules = count(&|o| matches!(o, Op::AddRule { .. }) as usize);
+    let added = count(&|o| match o {
+        Op::AddElements { elements, .. } => elements.len(),
+        _ => 0,
+    });
+    let removed = count(&|o| match o {
+        Op::DeleteElements { elements, .. } => elements.len(),
+        _ => 0,
+    });
+    let kind = if full { "full sync" } else { "partial sync" };
+    let _ = writeln!(
+        out,
+        "{kind}: {} operations; {chains} chains added, {rules} rules added, {added} elements added, {removed} elements removed",
+        tx.ops.len()
+    );
+    if full {
+        for o in &tx.ops {
+            if let Op::DeleteTable { family, name } = o {
+                let _ = writeln!(out, "= table {} {name} replaced", family_name(*family));
+            }
+        }
+        return out;
+    }
+    for o in &tx.ops {
+        match o {
+            Op::AddChain { chain, .. } => {
+                let _ = writeln!(out, "+ chain {}", chain.name);
+            }
+            Op::FlushChain { chain, .. } => {
+                let _ = writeln!(out, "~ chain {chain} (rules replaced)");
+            }
+            Op::DeleteChain { chain, .. } => {
+                let _ = writeln!(out, "- chain {chain}");
+            }
+            Op::AddRule { family, chain, rule, .. } => {
+                let _ = writeln!(out, "+ rule {chain}: {}", rule_text(*family, rule));
+            }
+            Op::AddElements { set, elements, .. } => {
+                for e in elements {
+                    let _ = writeln!(out, "+ element {set} {{ {} }}", element_text(e));
+                }
+            }
+            Op::DeleteElements { set, elements, .. } => {
+                for e in elements {
+                    let _ = writeln!(out, "- element {set} {{ {} }}", element_text(e));
+                }
+            }
+            Op::FlushSet { set, .. } => {
+                let _ = writeln!(out, "~ set {set} flushed");
+            }
+            Op::AddTable { .. } | Op::DeleteTable { .. } | Op::AddSet { .. } => {}
+        }
+    }
+    out
+}

@@ -7,7 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+use std::sync::OnceLock;
+
 use super::ir::*;
+use crate::nft::parse;
 use super::names;
 use crate::input::Skipped;
 use crate::model::{categorize, nodeport_ips, Endpoint, Model, NodePortIps, ServicePort};
@@ -34,6 +37,18 @@ const FIREWALL_CHECK: &str = "firewall-check";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 const REJECT_CHAIN: &str = "reject-chain";
 
+const SKELETON: &str = include_str!("../../rules/skeleton.nft");
+
+/// The parsed `rules/skeleton.nft`. It is part of the binary and a unit test parses it, so
+/// failing here would be a build defect, not bad input.
+pub fn skeleton() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let rs = parse::parse_script(SKELETON).expect("rules/skeleton.nft parses");
+        rs.tables.into_iter().next().expect("rules/skeleton.nft has a table")
+    })
+}
+
 /// Builds one table per family the node proxies, plus the notes for anything dropped.
 pub fn build(m: &Model) -> (Ruleset, Vec<Skipped>) {
     let mut notes = Vec::new();
@@ -54,30 +69,7 @@ struct TableBuilder<'a> {
     chains: Vec<Chain>,
 }
 
-fn set(name: &str, key: &[KeyType], data: Option<MapData>, comment: &str) -> Set {
-    Set {
-        name: name.into(),
-        key: key.to_vec(),
-        data,
-        flags: SetFlags::default(),
-        timeout: None,
-        comment: Some(comment.into()),
-        elements: vec![],
-    }
-}
 
-fn base(name: &str, kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
-    Chain {
-        name: name.into(),
-        base: Some(BaseChain {
-            kind,
-            hook,
-            priority,
-        }),
-        comment: None,
-        rules,
-    }
-}
 
 fn regular(name: &str, rules: Vec<Rule>) -> Chain {
     Chain {
@@ -99,9 +91,6 @@ fn host(field: Field, ip: IpAddr) -> Expr {
     cmp(field, CmpOp::Eq, IpNet::from(ip))
 }
 
-fn jump_new(chain: &str) -> Rule {
-    Rule::new(vec![Expr::CtStateNew], Some(Verdict::Jump(chain.into())))
-}
 
 fn goto(chain: &str) -> Verdict {
     Verdict::Goto(chain.into())
@@ -183,73 +172,15 @@ impl<'a> TableBuilder<'a> {
         for sp in services {
             self.service_port(sp, notes);
         }
-        let mut chains = self.static_chains(&nodeports);
-        chains.append(&mut self.chains);
-        let sets = self.sets();
-        Table {
-            family: self.f,
-            name: TABLE_NAME.into(),
-            comment: Some("rules for kube-nftproxy".into()),
-            sets,
-            chains,
-        }
+        self.finish(&nodeports)
     }
 
-    fn sets(&mut self) -> Vec<Set> {
-        use KeyType::*;
-        let mut sets = vec![
-            set(CLUSTER_IPS, &[Addr], None, "Active ClusterIPs"),
-            set(NODEPORT_IPS, &[Addr], None, "IPs that accept NodePort traffic"),
-            set(
-                HAIRPIN,
-                &[Addr, Addr, Proto, Service],
-                None,
-                "local endpoints reaching themselves through a Service",
-            ),
-            Set {
-                flags: SetFlags {
-                    dynamic: true,
-                    timeout: true,
-                },
-                ..set(
-                    AFFINITY,
-                    &[Addr, Addr, Proto, Service],
-                    Some(MapData::Values(vec![Addr, Service])),
-                    "ClientIP session affinity: client . VIP . proto . port to endpoint",
-                )
-            },
-            set(
-                SERVICE_IPS,
-                &[Addr, Proto, Service],
-                Some(MapData::Verdict),
-                "ClusterIP, ExternalIP and LoadBalancer IP traffic",
-            ),
-            set(
-                SERVICE_NODEPORTS,
-                &[Proto, Service],
-                Some(MapData::Verdict),
-                "NodePort traffic",
-            ),
-            set(
-                NO_EP_SERVICES,
-                &[Addr, Proto, Service],
-                Some(MapData::Verdict),
-                "vmap to drop or reject packets to services with no endpoints",
-            ),
-            set(
-                NO_EP_NODEPORTS,
-                &[Proto, Service],
-                Some(MapData::Verdict),
-                "vmap to drop or reject packets to service nodeports with no endpoints",
-            ),
-            set(
-                FIREWALL_IPS,
-                &[Addr, Proto, Service],
-                Some(MapData::Verdict),
-                "destinations that are subject to LoadBalancerSourceRanges",
-            ),
-        ];
-        for s in &mut sets {
+    /// Fills the embedded skeleton: elements into its sets, the cluster-dependent rules
+    /// into its fixed chains.
+    fn finish(&mut self, nodeports: &NodePortIps) -> Table {
+        let mut t = skeleton().clone();
+        t.family = self.f;
+        for s in &mut t.sets {
             if let Some(elems) = self.elements.remove(s.name.as_str()) {
                 s.elements = elems
                     .into_iter()
@@ -257,12 +188,6 @@ impl<'a> TableBuilder<'a> {
                     .collect();
             }
         }
-        sets
-    }
-
-    fn static_chains(&self, nodeports: &NodePortIps) -> Vec<Chain> {
-        use ChainType::*;
-        use Hook::*;
         let mark = self.mark;
         let not_loopback = cmp(Field::Daddr, CmpOp::Neq, self.loopback());
         let nodeport_match = |v: Verdict| match nodeports {
@@ -282,142 +207,69 @@ impl<'a> TableBuilder<'a> {
             key: key.to_vec(),
             map: map.into(),
         };
-
-        let mut services = Vec::new();
         let in_cluster_ips = Expr::Lookup {
             key: vec![Field::Daddr],
             set: CLUSTER_IPS.into(),
         };
-        if self.m.masquerade_all {
-            services.push(
-                Rule::new(vec![in_cluster_ips.clone(), Expr::MarkOr(mark)], None)
+        let masquerade_mark = if self.m.masquerade_all {
+            Some(
+                Rule::new(vec![in_cluster_ips, Expr::MarkOr(mark)], None)
                     .with_comment("masquerade all clusterIP traffic"),
-            );
+            )
         } else if !self.cluster_cidrs().is_empty() {
-            let mut exprs = vec![in_cluster_ips.clone()];
+            let mut exprs = vec![in_cluster_ips];
             exprs.extend(
                 self.cluster_cidrs()
                     .into_iter()
                     .map(|c| cmp(Field::Saddr, CmpOp::Neq, c)),
             );
             exprs.push(Expr::MarkOr(mark));
-            services.push(
+            Some(
                 Rule::new(exprs, None)
                     .with_comment("masquerade clusterIP traffic from outside the cluster"),
-            );
-        }
-        services.push(Rule::new(vec![], Some(vmap(&VIP_KEY, SERVICE_IPS))));
-        services.push(nodeport_match(vmap(&PORT_KEY, SERVICE_NODEPORTS)));
-
-        let mut cluster_check = vec![Rule::new(vec![in_cluster_ips], Some(Verdict::Reject))
-            .with_comment("reject traffic to invalid ports of ClusterIPs")];
-        for c in self
+            )
+        } else {
+            None
+        };
+        let service_cidrs: Vec<IpNet> = self
             .m
             .service_cidrs
             .iter()
+            .copied()
             .filter(|c| Family::of(&c.addr()) == self.f)
-        {
-            cluster_check.push(
-                Rule::new(vec![cmp(Field::Daddr, CmpOp::Eq, *c)], Some(Verdict::Drop))
-                    .with_comment("drop traffic to unallocated ClusterIPs"),
-            );
-        }
-
-        vec![
-            base(
-                "filter-prerouting-pre-dnat",
-                Filter,
-                Prerouting,
-                -110,
-                vec![jump_new(FIREWALL_CHECK)],
-            ),
-            base(
-                "filter-output-pre-dnat",
-                Filter,
-                Output,
-                -110,
-                vec![jump_new(FIREWALL_CHECK)],
-            ),
-            base(
-                "filter-input",
-                Filter,
-                Input,
-                0,
-                vec![jump_new(NODEPORT_EP_CHECK), jump_new(SERVICE_EP_CHECK)],
-            ),
-            base(
-                "filter-forward",
-                Filter,
-                Forward,
-                0,
-                vec![jump_new(SERVICE_EP_CHECK), jump_new(CLUSTER_IPS_CHECK)],
-            ),
-            base(
-                "filter-output",
-                Filter,
-                Output,
-                0,
-                vec![jump_new(SERVICE_EP_CHECK), jump_new(CLUSTER_IPS_CHECK)],
-            ),
-            base(
-                "nat-prerouting",
-                Nat,
-                Prerouting,
-                -100,
-                vec![Rule::new(vec![], Some(Verdict::Jump(SERVICES.into())))],
-            ),
-            base(
-                "nat-output",
-                Nat,
-                Output,
-                -100,
-                vec![Rule::new(vec![], Some(Verdict::Jump(SERVICES.into())))],
-            ),
-            base(
-                "nat-postrouting",
-                Nat,
-                Postrouting,
-                100,
-                vec![Rule::new(vec![], Some(Verdict::Jump(MASQUERADING.into())))],
-            ),
-            regular(SERVICES, services),
-            regular(
-                MASQUERADING,
-                vec![
+            .collect();
+        for c in &mut t.chains {
+            match c.name.as_str() {
+                SERVICES => {
+                    if let Some(r) = masquerade_mark.clone() {
+                        c.rules.insert(0, r);
+                    }
+                    c.rules
+                        .push(nodeport_match(vmap(&PORT_KEY, SERVICE_NODEPORTS)));
+                }
+                MASQUERADING => c.rules.insert(
+                    0,
                     Rule::new(
                         vec![Expr::MarkSet(mark), Expr::MarkXor(mark)],
                         Some(Verdict::Masquerade),
                     ),
-                    Rule::new(
-                        vec![
-                            Expr::CtStatusDnat,
-                            Expr::Lookup {
-                                key: CONN_KEY.to_vec(),
-                                set: HAIRPIN.into(),
-                            },
-                        ],
-                        Some(Verdict::Masquerade),
-                    ),
-                ],
-            ),
-            regular(
-                SERVICE_EP_CHECK,
-                vec![Rule::new(vec![], Some(vmap(&VIP_KEY, NO_EP_SERVICES)))],
-            ),
-            regular(
-                NODEPORT_EP_CHECK,
-                vec![nodeport_match(vmap(&PORT_KEY, NO_EP_NODEPORTS))],
-            ),
-            regular(
-                FIREWALL_CHECK,
-                vec![Rule::new(vec![], Some(vmap(&VIP_KEY, FIREWALL_IPS)))],
-            ),
-            regular(CLUSTER_IPS_CHECK, cluster_check),
-            Chain {
-                comment: Some("helper for @no-endpoint-services / @no-endpoint-nodeports".into()),
-                ..regular(REJECT_CHAIN, vec![Rule::new(vec![], Some(Verdict::Reject))])
-            },
-        ]
+                ),
+                NODEPORT_EP_CHECK => c
+                    .rules
+                    .push(nodeport_match(vmap(&PORT_KEY, NO_EP_NODEPORTS))),
+                CLUSTER_IPS_CHECK => {
+                    for cidr in &service_cidrs {
+                        c.rules.push(
+                            Rule::new(vec![cmp(Field::Daddr, CmpOp::Eq, *cidr)], Some(Verdict::Drop))
+                                .with_comment("drop traffic to unallocated ClusterIPs"),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        t.chains.append(&mut self.chains);
+        t
     }
 
     fn service_port(&mut self, sp: &ServicePort, notes: &mut Vec<Skipped>) {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::ir::{Chain, Element, ElementData, Ruleset, Set, Table, Value};
+use super::ir::{Chain, Element, ElementData, Expr, Ruleset, Set, Table, Value};
 use super::tx::{Op, Transaction};
 
 /// Replaces every table of `rs` atomically: create-if-missing, delete, recreate. There is
@@ -155,6 +155,29 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
         }
         add_rules(n, c, ops);
     }
+    // A rewritten or removed chain that remembered endpoints may leave affinity entries
+    // pointing at an endpoint that is gone; forget them all rather than pin clients to it.
+    let remembers = |c: &Chain| {
+        c.rules
+            .iter()
+            .any(|r| r.exprs.iter().any(|e| matches!(e, Expr::UpdateAffinity { .. })))
+    };
+    let affinity_touched = rewrite
+        .iter()
+        .filter_map(|c| old_chains.get(c.name.as_str()))
+        .any(|c| remembers(c))
+        || o.chains
+            .iter()
+            .any(|c| !new_names.contains(c.name.as_str()) && remembers(c));
+    if affinity_touched {
+        for s in n.sets.iter().filter(|s| s.flags.dynamic) {
+            ops.push(Op::FlushSet {
+                family: n.family,
+                table: n.name.clone(),
+                set: s.name.clone(),
+            });
+        }
+    }
     // 3. Set elements: delete what went away or changed its data, then add. A changed
     // element cannot be overwritten in place (the kernel answers EEXIST).
     for (os, ns) in o.sets.iter().zip(&n.sets) {
@@ -283,7 +306,8 @@ mod tests {
                         | Op::AddRule { family, table, .. }
                         | Op::AddSet { family, table, .. }
                         | Op::AddElements { family, table, .. }
-                        | Op::DeleteElements { family, table, .. } => (*family, table),
+                        | Op::DeleteElements { family, table, .. }
+                        | Op::FlushSet { family, table, .. } => (*family, table),
                         _ => unreachable!(),
                     };
                     let t = rs
@@ -322,6 +346,9 @@ mod tests {
                                 s.elements.push(e.clone());
                             }
                             s.elements.sort();
+                        }
+                        Op::FlushSet { set, .. } => {
+                            t.sets.iter_mut().find(|s| &s.name == set).unwrap().elements.clear()
                         }
                         Op::DeleteElements { set, elements, .. } => {
                             let s = t.sets.iter_mut().find(|s| &s.name == set).unwrap();

@@ -51,6 +51,12 @@ pub enum Op {
         set: String,
         elements: Vec<Element>,
     },
+    /// Removes every element of a set (used for the datapath-filled affinity map).
+    FlushSet {
+        family: Family,
+        table: String,
+        set: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
