@@ -10,15 +10,17 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::sync::Arc;
 
-/// The objects the proxy cares about. Everything else in the input is ignored.
+/// The objects the proxy cares about. Everything else in the input is ignored. Objects are
+/// shared (`Arc`) so a snapshot of the agent's reflector stores costs no copies.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterObjects {
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub endpoints: Vec<Endpoints>,
-    pub nodes: Vec<Node>,
-    pub service_cidrs: Vec<ServiceCIDR>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub endpoints: Vec<Arc<Endpoints>>,
+    pub nodes: Vec<Arc<Node>>,
+    pub service_cidrs: Vec<Arc<ServiceCIDR>>,
 }
 
 /// An object that was left out, and why. Printed one per line on stderr.
@@ -193,11 +195,11 @@ pub fn describe(kind: &str, v: &Value) -> String {
 fn decode_str<T: DeserializeOwned>(
     raw: &str,
     kind: &str,
-    into: &mut Vec<T>,
+    into: &mut Vec<Arc<T>>,
     skipped: &mut Vec<Skipped>,
 ) {
     match serde_json::from_str::<T>(raw) {
-        Ok(o) => into.push(o),
+        Ok(o) => into.push(Arc::new(o)),
         Err(e) => {
             let object = serde_json::from_str::<Value>(raw)
                 .map(|v| describe(kind, &v))
@@ -210,10 +212,15 @@ fn decode_str<T: DeserializeOwned>(
     }
 }
 
-fn decode<T: DeserializeOwned>(doc: Value, kind: &str, into: &mut Vec<T>, skipped: &mut Vec<Skipped>) {
+fn decode<T: DeserializeOwned>(
+    doc: Value,
+    kind: &str,
+    into: &mut Vec<Arc<T>>,
+    skipped: &mut Vec<Skipped>,
+) {
     let object = describe(kind, &doc);
     match serde_json::from_value::<T>(doc) {
-        Ok(o) => into.push(o),
+        Ok(o) => into.push(Arc::new(o)),
         Err(e) => skipped.push(Skipped {
             object,
             reason: format!("does not decode: {e}"),

@@ -12,3 +12,4 @@ pub mod options;
 pub mod render;
 pub mod ruleset;
 pub mod synthetic;
+pub mod watch;

@@ -31,7 +31,7 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
         });
     }
     let node_ips = if opts.node_ips.is_empty() {
-        node.map(node_addresses).unwrap_or_default()
+        node.map(|n| node_addresses(n)).unwrap_or_default()
     } else {
         opts.node_ips.clone()
     };
@@ -71,7 +71,7 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
         .filter_map(|e| {
             Some((
                 (e.metadata.namespace.clone()?, e.metadata.name.clone()?),
-                e,
+                &**e,
             ))
         })
         .collect();
@@ -440,7 +440,7 @@ fn group_slices<'a>(
             .as_ref()
             .and_then(|l| l.get(LABEL_SERVICE_NAME));
         match (&s.metadata.namespace, svc) {
-            (Some(ns), Some(svc)) => out.entry((ns.clone(), svc.clone())).or_default().push(s),
+            (Some(ns), Some(svc)) => out.entry((ns.clone(), svc.clone())).or_default().push(&**s),
             _ => notes.push(skip(&what, "has no kubernetes.io/service-name label")),
         }
     }

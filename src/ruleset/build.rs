@@ -31,9 +31,7 @@ const FIREWALL_IPS: &str = "firewall-ips";
 // Fixed regular chains.
 const SERVICES: &str = "services";
 const MASQUERADING: &str = "masquerading";
-const SERVICE_EP_CHECK: &str = "service-endpoints-check";
 const NODEPORT_EP_CHECK: &str = "nodeport-endpoints-check";
-const FIREWALL_CHECK: &str = "firewall-check";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 const REJECT_CHAIN: &str = "reject-chain";
 
@@ -96,7 +94,6 @@ fn goto(chain: &str) -> Verdict {
     Verdict::Goto(chain.into())
 }
 
-const VIP_KEY: [Field; 3] = [Field::Daddr, Field::L4Proto, Field::Dport];
 const PORT_KEY: [Field; 2] = [Field::L4Proto, Field::Dport];
 const CONN_KEY: [Field; 4] = [Field::Saddr, Field::Daddr, Field::L4Proto, Field::Dport];
 

@@ -1,0 +1,221 @@
+//! The API edge: kube-rs watchers and reflectors for every kind the proxy uses. Events only
+//! mark that something changed (`Changes`); the reconcile loop reads the stores when it
+//! syncs, so a sync never waits on the API server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::api::ListParams;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::input::ClusterObjects;
+
+/// kube-proxy's selectors: Services served by another proxy, and headless ones, are not ours.
+pub const PROXY_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// Which API carries endpoints (`--endpoints-api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EndpointsApi {
+    /// EndpointSlices when the server serves discovery.k8s.io/v1, else v1 Endpoints.
+    Auto,
+    Endpointslices,
+    Endpoints,
+}
+
+/// What happened since the last sync. Each event records when it arrived, so a sync can
+/// report how long its changes waited (network programming latency).
+#[derive(Default)]
+pub struct Changes {
+    notify: Notify,
+    pending: Mutex<Vec<Instant>>,
+}
+
+impl Changes {
+    pub fn mark(&self) {
+        if let Ok(mut p) = self.pending.lock() {
+            // Bounded: under a storm only the oldest arrival matters for the latency.
+            if p.len() < 4096 {
+                p.push(Instant::now());
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next change (returns at once if one is pending).
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    /// Takes the arrival times of the changes a sync is about to apply.
+    pub fn take(&self) -> Vec<Instant> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+}
+
+/// The reflector stores, read at each sync.
+#[derive(Clone)]
+pub struct Stores {
+    pub services: Store<Service>,
+    pub endpoint_slices: Option<Store<EndpointSlice>>,
+    pub endpoints: Option<Store<Endpoints>>,
+    pub nodes: Store<Node>,
+    pub service_cidrs: Option<Store<ServiceCIDR>>,
+}
+
+impl Stores {
+    /// A consistent-enough view of the caches: each store is read once, without copying
+    /// objects.
+    pub fn snapshot(&self) -> ClusterObjects {
+        let mut o = ClusterObjects {
+            services: self.services.state(),
+            endpoint_slices: self
+                .endpoint_slices
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
+            endpoints: self.endpoints.as_ref().map(Store::state).unwrap_or_default(),
+            nodes: self.nodes.state(),
+            service_cidrs: self
+                .service_cidrs
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
+        };
+        o.sort();
+        o
+    }
+
+    /// Resolves once every watched kind has delivered its first complete list: before
+    /// that, the caches could be empty and programming them would drop every Service.
+    pub async fn ready(&self) {
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+        if let Some(s) = &self.endpoint_slices {
+            let _ = s.wait_until_ready().await;
+        }
+        if let Some(s) = &self.endpoints {
+            let _ = s.wait_until_ready().await;
+        }
+        if let Some(s) = &self.service_cidrs {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+}
+
+/// Whether the server serves this kind (a 404 on a one-item list means it does not).
+async fn served<K>(client: &Client) -> bool
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    served_api(Api::<K>::all(client.clone())).await
+}
+
+async fn served_api<K>(api: Api<K>) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    loop {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => return true,
+            Err(kube::Error::Api(e)) if e.code == 404 => return false,
+            Err(e) => {
+                // The server is not answering yet; the agent must not start without knowing.
+                tracing::warn!(error = %e, "discovery request failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn watch<K>(api: Api<K>, config: watcher::Config, changes: Arc<Changes>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    tokio::spawn(async move {
+        stream
+            .for_each(|ev| {
+                match ev {
+                    Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => {}
+                    Ok(_) => changes.mark(),
+                    Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff"),
+                }
+                futures::future::ready(())
+            })
+            .await;
+    });
+    reader
+}
+
+/// Starts every watcher and returns the stores they fill.
+pub async fn start(
+    client: &Client,
+    node_name: &str,
+    endpoints_api: EndpointsApi,
+    changes: Arc<Changes>,
+) -> Stores {
+    let selected = || watcher::Config::default().labels(PROXY_SELECTOR);
+    let use_slices = match endpoints_api {
+        EndpointsApi::Endpointslices => true,
+        EndpointsApi::Endpoints => false,
+        EndpointsApi::Auto => served::<EndpointSlice>(client).await,
+    };
+    tracing::info!(
+        api = if use_slices { "discovery.k8s.io/v1 EndpointSlice" } else { "v1 Endpoints" },
+        "watching endpoints"
+    );
+    let with_cidrs = served_api(Api::<ServiceCIDR>::all(client.clone())).await;
+    let services = watch(Api::<Service>::all(client.clone()), selected(), changes.clone());
+    let endpoint_slices = use_slices.then(|| {
+        watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            selected(),
+            changes.clone(),
+        )
+    });
+    let endpoints = (!use_slices).then(|| {
+        watch(
+            Api::<Endpoints>::all(client.clone()),
+            watcher::Config::default().labels("!service.kubernetes.io/headless"),
+            changes.clone(),
+        )
+    });
+    let nodes = watch(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        changes.clone(),
+    );
+    let service_cidrs = with_cidrs.then(|| {
+        watch(
+            Api::<ServiceCIDR>::all(client.clone()),
+            watcher::Config::default(),
+            changes.clone(),
+        )
+    });
+    Stores {
+        services,
+        endpoint_slices,
+        endpoints,
+        nodes,
+        service_cidrs,
+    }
+}
