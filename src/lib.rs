@@ -9,6 +9,7 @@ pub mod input;
 pub mod model;
 pub mod nft;
 pub mod options;
+pub mod reconcile;
 pub mod render;
 pub mod ruleset;
 pub mod synthetic;

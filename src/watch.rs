@@ -55,6 +55,13 @@ impl Changes {
         self.notify.notified().await
     }
 
+    /// Puts back the arrivals of a sync that failed: their changes are still not applied.
+    pub fn restore(&self, arrivals: Vec<Instant>) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.extend(arrivals);
+        }
+    }
+
     /// Takes the arrival times of the changes a sync is about to apply.
     pub fn take(&self) -> Vec<Instant> {
         self.pending

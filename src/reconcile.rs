@@ -1,0 +1,175 @@
+//! The sync loop: wait for changes, rate-limit, compute the desired IR from the reflector
+//! stores, and hand the smallest transaction to a sink (the kernel, or stdout for
+//! `--dry-run`). Change tracking (watch) and rule writing (ruleset) stay separate; this
+//! module only decides when and what to send.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::model::{self, Model};
+use crate::options::Options;
+use crate::ruleset::ir::Ruleset;
+use crate::ruleset::tx::Transaction;
+use crate::ruleset::{self, diff};
+use crate::watch::{Changes, Stores};
+
+/// Where transactions go.
+pub trait Sink: Send {
+    /// Applies one transaction atomically. `desired` is the ruleset it leads to.
+    fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String>;
+
+    /// Called after a successful apply with the models before and after (conntrack
+    /// cleanup for the kernel sink).
+    fn after_apply(&mut self, _old: Option<&Model>, _new: &Model) {}
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// `--min-sync-period`: at most one sync per this period.
+    pub min_sync_period: Duration,
+    /// `--sync-period`: a forced full sync at least this often.
+    pub sync_period: Duration,
+}
+
+/// What one sync did, for logs and the latency benchmark.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    pub full: bool,
+    pub ops: usize,
+    pub elapsed: Duration,
+    /// From each change's arrival to the end of the apply that carried it.
+    pub latencies: Vec<Duration>,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Runs until `shutdown` resolves. Nothing is sent before every store has its first full
+/// list; the first sync replaces whatever tables a previous run left, atomically.
+pub async fn run<S, F>(
+    stores: Stores,
+    changes: Arc<Changes>,
+    opts: Options,
+    timing: Timing,
+    mut sink: S,
+    shutdown: F,
+    mut on_sync: impl FnMut(&SyncReport),
+) where
+    S: Sink,
+    F: Future<Output = ()>,
+{
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = stores.ready() => {}
+        _ = &mut shutdown => return,
+    }
+    tracing::info!("caches synced; starting to program rules");
+    let mut prev: Option<(Ruleset, Model)> = None;
+    let mut force_full = true;
+    let mut last_sync: Option<Instant> = None;
+    let mut last_full = Instant::now();
+    let mut backoff: Option<Duration> = None;
+    loop {
+        if let Some(wait) = backoff {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut shutdown => return,
+            }
+        } else if prev.is_some() {
+            let full_due = tokio::time::Instant::from_std(last_full + timing.sync_period);
+            tokio::select! {
+                _ = changes.wait() => {}
+                _ = tokio::time::sleep_until(full_due) => force_full = true,
+                _ = &mut shutdown => return,
+            }
+        }
+        if let Some(last) = last_sync {
+            let next = last + timing.min_sync_period;
+            if next > Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+                    _ = &mut shutdown => return,
+                }
+            }
+        }
+        let started = Instant::now();
+        last_sync = Some(started);
+        let arrivals = changes.take();
+        let span = tracing::info_span!("sync", full = force_full || prev.is_none());
+        let _guard = span.enter();
+
+        let snapshot = stores.snapshot();
+        let (model, notes) = model::build(&snapshot, &opts);
+        let (desired, more) = ruleset::build(&model);
+        for n in notes.iter().chain(more.iter()) {
+            tracing::debug!("{n}");
+        }
+        let full = force_full || prev.is_none();
+        let tx = match (&prev, full) {
+            (Some((old, _)), false) => diff::diff(old, &desired),
+            _ => diff::full(&desired),
+        };
+        let result = if tx.is_empty() {
+            Ok(())
+        } else {
+            tokio::task::block_in_place(|| sink.apply(&tx, &desired))
+        };
+        match result {
+            Ok(()) => {
+                sink.after_apply(prev.as_ref().map(|(_, m)| m), &model);
+                let done = Instant::now();
+                let report = SyncReport {
+                    full,
+                    ops: tx.ops.len(),
+                    elapsed: done - started,
+                    latencies: arrivals.iter().map(|a| done - *a).collect(),
+                };
+                tracing::info!(
+                    full,
+                    ops = report.ops,
+                    elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
+                    services = model.services.len(),
+                    "sync complete"
+                );
+                on_sync(&report);
+                prev = Some((desired, model));
+                if full {
+                    last_full = done;
+                }
+                force_full = false;
+                backoff = None;
+            }
+            Err(e) => {
+                // The kernel refused the whole batch, so the old rules still serve. The
+                // next attempt is a full sync: our idea of the kernel may be wrong.
+                let wait = backoff.map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX));
+                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync failed");
+                backoff = Some(wait);
+                force_full = true;
+                changes.restore(arrivals);
+            }
+        }
+    }
+}
+
+/// `--dry-run`: prints each transaction (or the whole ruleset) instead of applying it.
+pub struct DryRun {
+    pub full_ruleset: bool,
+}
+
+impl Sink for DryRun {
+    fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
+        use std::io::Write;
+        let text = if self.full_ruleset {
+            crate::nft::text::script(desired)
+        } else {
+            crate::nft::text::describe(tx)
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|_| out.write_all(b"\n"))
+            .and_then(|_| out.flush())
+            .map_err(|e| e.to_string())
+    }
+}
