@@ -22,7 +22,12 @@ fn scenarios() -> Vec<PathBuf> {
 fn render(dir: &Path) -> (String, String, bool) {
     let mut args: Vec<String> = vec!["render".into()];
     if let Ok(a) = std::fs::read_to_string(dir.join("args")) {
-        args.extend(a.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        args.extend(
+            a.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
     }
     args.push(dir.join("cluster.yaml").to_string_lossy().into_owned());
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
@@ -62,7 +67,11 @@ fn check_golden(path: &Path, actual: &str, failures: &mut Vec<String>) {
 #[test]
 fn golden_scenarios_render_exactly() {
     let dirs = scenarios();
-    assert!(dirs.len() >= 20, "expected at least 20 scenarios, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 20,
+        "expected at least 20 scenarios, found {}",
+        dirs.len()
+    );
     let mut failures = Vec::new();
     for dir in &dirs {
         let (stdout, stderr, ok) = render(dir);
@@ -98,7 +107,11 @@ fn render_is_deterministic_whatever_the_input_order() {
 }
 
 fn kernel_checks_possible() -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     let nft = Command::new("nft").arg("--version").output().is_ok();
     let unshare = Command::new("unshare").arg("--version").output().is_ok();
     let ok = root && nft && unshare;
@@ -116,7 +129,12 @@ fn kernel_checks_possible() -> bool {
 fn load_in_namespace(script: &Path) -> Result<String, String> {
     let s = script.display();
     let out = Command::new("unshare")
-        .args(["-n", "sh", "-c", &format!("nft -f '{s}' && nft -f '{s}' && nft list ruleset")])
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            &format!("nft -f '{s}' && nft -f '{s}' && nft list ruleset"),
+        ])
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {

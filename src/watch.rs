@@ -92,7 +92,11 @@ impl Stores {
                 .as_ref()
                 .map(Store::state)
                 .unwrap_or_default(),
-            endpoints: self.endpoints.as_ref().map(Store::state).unwrap_or_default(),
+            endpoints: self
+                .endpoints
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
             nodes: self.nodes.state(),
             service_cidrs: self
                 .service_cidrs
@@ -164,7 +168,9 @@ where
                 match ev {
                     Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => {}
                     Ok(_) => changes.mark(),
-                    Err(e) => tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff"),
+                    Err(e) => {
+                        tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff")
+                    }
                 }
                 futures::future::ready(())
             })
@@ -187,11 +193,19 @@ pub async fn start(
         EndpointsApi::Auto => served::<EndpointSlice>(client).await,
     };
     tracing::info!(
-        api = if use_slices { "discovery.k8s.io/v1 EndpointSlice" } else { "v1 Endpoints" },
+        api = if use_slices {
+            "discovery.k8s.io/v1 EndpointSlice"
+        } else {
+            "v1 Endpoints"
+        },
         "watching endpoints"
     );
     let with_cidrs = served_api(Api::<ServiceCIDR>::all(client.clone())).await;
-    let services = watch(Api::<Service>::all(client.clone()), selected(), changes.clone());
+    let services = watch(
+        Api::<Service>::all(client.clone()),
+        selected(),
+        changes.clone(),
+    );
     let endpoint_slices = use_slices.then(|| {
         watch(
             Api::<EndpointSlice>::all(client.clone()),

@@ -56,7 +56,14 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
         families = objects
             .services
             .iter()
-            .filter_map(|s| s.spec.as_ref()?.cluster_ip.as_deref()?.parse::<IpAddr>().ok())
+            .filter_map(|s| {
+                s.spec
+                    .as_ref()?
+                    .cluster_ip
+                    .as_deref()?
+                    .parse::<IpAddr>()
+                    .ok()
+            })
             .map(|ip| Family::of(&ip))
             .collect();
         if families.is_empty() {
@@ -85,7 +92,10 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
         };
         let what = format!("Service {}/{}", key.0, key.1);
         if !known.insert(key.clone()) {
-            notes.push(skip(&what, "appears twice in the input; the first copy is used"));
+            notes.push(skip(
+                &what,
+                "appears twice in the input; the first copy is used",
+            ));
             continue;
         }
         let ports = match service_ports(svc, &families, &mut notes, &what) {
@@ -188,7 +198,13 @@ fn node_addresses(n: &Node) -> Vec<IpAddr> {
 fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Skipped>) -> Vec<IpNet> {
     let mut out = Vec::new();
     for sc in &o.service_cidrs {
-        for c in sc.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten() {
+        for c in sc
+            .spec
+            .as_ref()
+            .and_then(|s| s.cidrs.as_ref())
+            .into_iter()
+            .flatten()
+        {
             match parse_cidr(c) {
                 Some(n) => out.push(n),
                 None => notes.push(skip(
@@ -295,7 +311,11 @@ fn service_ports(
         out.dedup();
         out
     };
-    let external_ips = ips_of(spec.external_ips.as_deref().unwrap_or(&[]), "externalIP", notes);
+    let external_ips = ips_of(
+        spec.external_ips.as_deref().unwrap_or(&[]),
+        "externalIP",
+        notes,
+    );
     let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
     let lb_raw: Vec<String> = if is_lb {
         svc.status
@@ -344,7 +364,10 @@ fn service_ports(
     } else {
         None
     };
-    let node_port_type = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
+    let node_port_type = matches!(
+        spec.type_.as_deref(),
+        Some("NodePort") | Some("LoadBalancer")
+    );
     let mut out: Vec<ServicePort> = Vec::new();
     for p in spec.ports.iter().flatten() {
         let port_name = p.name.clone().unwrap_or_default();
@@ -362,14 +385,21 @@ fn service_ports(
                 continue;
             }
         };
-        let Ok(port) = u16::try_from(p.port).map_err(|_| ()).and_then(|v| {
-            if v == 0 {
-                Err(())
-            } else {
-                Ok(v)
-            }
-        }) else {
-            notes.push(skip(&pwhat, &format!("port {} out of range 1..65535", p.port)));
+        let Ok(port) =
+            u16::try_from(p.port).map_err(|_| ()).and_then(
+                |v| {
+                    if v == 0 {
+                        Err(())
+                    } else {
+                        Ok(v)
+                    }
+                },
+            )
+        else {
+            notes.push(skip(
+                &pwhat,
+                &format!("port {} out of range 1..65535", p.port),
+            ));
             continue;
         };
         let node_port = match p.node_port {
@@ -411,7 +441,10 @@ fn service_ports(
 
 fn shorten(s: &str) -> String {
     if s.len() > 80 {
-        format!("{}...", &s[..s.char_indices().nth(77).map(|(i, _)| i).unwrap_or(s.len())])
+        format!(
+            "{}...",
+            &s[..s.char_indices().nth(77).map(|(i, _)| i).unwrap_or(s.len())]
+        )
     } else {
         s.to_string()
     }
@@ -481,9 +514,15 @@ fn slice_endpoints(
         }) else {
             continue;
         };
-        let Some(port) = port.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+        let Some(port) = port
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
         else {
-            notes.push(skip(&what, &format!("port {:?} has no valid number", sp.port_name)));
+            notes.push(skip(
+                &what,
+                &format!("port {:?} has no valid number", sp.port_name),
+            ));
             continue;
         };
         let want_v6 = s.address_type == "IPv6";
@@ -494,14 +533,20 @@ fn slice_endpoints(
             let ip: IpAddr = match addr.trim().parse() {
                 Ok(ip) => ip,
                 Err(_) => {
-                    notes.push(skip(&what, &format!("invalid endpoint address {addr:?} ignored")));
+                    notes.push(skip(
+                        &what,
+                        &format!("invalid endpoint address {addr:?} ignored"),
+                    ));
                     continue;
                 }
             };
             if ip.is_ipv6() != want_v6 {
                 notes.push(skip(
                     &what,
-                    &format!("endpoint {ip} does not match addressType {}", s.address_type),
+                    &format!(
+                        "endpoint {ip} does not match addressType {}",
+                        s.address_type
+                    ),
                 ));
                 continue;
             }
@@ -514,9 +559,11 @@ fn slice_endpoints(
                 serving: c.and_then(|c| c.serving).unwrap_or(ready),
                 terminating: c.and_then(|c| c.terminating).unwrap_or(false),
                 local: e.node_name.as_deref() == Some(node),
-                zone_hints: e.hints.as_ref().and_then(|h| h.for_zones.as_ref()).map(|z| {
-                    z.iter().map(|z| z.name.clone()).collect()
-                }),
+                zone_hints: e
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|z| z.iter().map(|z| z.name.clone()).collect()),
             };
             add_endpoint(&mut out, ep, &what, notes);
         }
@@ -548,7 +595,10 @@ fn legacy_endpoints(
         let Some(port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
             continue;
         };
-        let all = [(&subset.addresses, true), (&subset.not_ready_addresses, false)];
+        let all = [
+            (&subset.addresses, true),
+            (&subset.not_ready_addresses, false),
+        ];
         for (list, ready) in all {
             for a in list.iter().flatten() {
                 let Ok(ip) = a.ip.trim().parse::<IpAddr>() else {
@@ -589,7 +639,11 @@ pub fn nodeport_ips(m: &Model, f: Family) -> NodePortIps {
             if fam.is_empty() || fam.iter().any(|c| c.prefix_len() == 0) {
                 NodePortIps::AllLocal
             } else {
-                NodePortIps::List(of_family.filter(|ip| fam.iter().any(|c| c.contains(ip))).collect())
+                NodePortIps::List(
+                    of_family
+                        .filter(|ip| fam.iter().any(|c| c.contains(ip)))
+                        .collect(),
+                )
             }
         }
     }

@@ -71,9 +71,11 @@ fn can_use_topology(eps: &[&Endpoint], zone: &str) -> bool {
         && ready
             .iter()
             .all(|e| e.zone_hints.as_ref().is_some_and(|h| !h.is_empty()))
-        && ready
-            .iter()
-            .any(|e| e.zone_hints.as_ref().is_some_and(|h| h.iter().any(|x| x == zone)))
+        && ready.iter().any(|e| {
+            e.zone_hints
+                .as_ref()
+                .is_some_and(|h| h.iter().any(|x| x == zone))
+        })
 }
 
 #[cfg(test)]

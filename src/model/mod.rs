@@ -71,7 +71,10 @@ impl ServicePort {
     }
 
     pub fn cluster_ip(&self, f: Family) -> Option<IpAddr> {
-        self.cluster_ips.iter().copied().find(|ip| Family::of(ip) == f)
+        self.cluster_ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(ip) == f)
     }
 }
 

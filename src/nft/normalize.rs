@@ -7,7 +7,10 @@ pub fn normalize(text: &str) -> String {
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
         let t = line.trim();
-        if t.is_empty() || t.starts_with("delete table ") || (t.starts_with("table ") && t.ends_with("{}")) {
+        if t.is_empty()
+            || t.starts_with("delete table ")
+            || (t.starts_with("table ") && t.ends_with("{}"))
+        {
             continue;
         }
         if let Some(rest) = t.strip_prefix("elements = {") {

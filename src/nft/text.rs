@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::ruleset::ir::{
-    BaseChain, Chain, ChainType, CmpOp, Element, ElementData, Expr, Family, Field, FibAddr, Hook,
+    BaseChain, Chain, ChainType, CmpOp, Element, ElementData, Expr, Family, FibAddr, Field, Hook,
     KeyType, MapData, Rule, Ruleset, Set, Table, Value, Verdict,
 };
 
@@ -30,7 +30,10 @@ fn estimate(rs: &Ruleset) -> usize {
         .iter()
         .map(|t| {
             t.sets.iter().map(|s| s.elements.len() * 64).sum::<usize>()
-                + t.chains.iter().map(|c| 64 + c.rules.len() * 96).sum::<usize>()
+                + t.chains
+                    .iter()
+                    .map(|c| 64 + c.rules.len() * 96)
+                    .sum::<usize>()
         })
         .sum()
 }
@@ -104,14 +107,11 @@ fn set(out: &mut String, f: Family, s: &Set) {
         // The kernel gives dynamic sets a default size and nft prints it.
         out.push_str("\t\tsize 65535\n");
     }
-    let flags: Vec<&str> = [
-        (s.flags.dynamic, "dynamic"),
-        (s.flags.timeout, "timeout"),
-    ]
-    .iter()
-    .filter(|(on, _)| *on)
-    .map(|(_, n)| *n)
-    .collect();
+    let flags: Vec<&str> = [(s.flags.dynamic, "dynamic"), (s.flags.timeout, "timeout")]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
     if !flags.is_empty() {
         let _ = writeln!(out, "\t\tflags {}", flags.join(","));
     }
@@ -177,12 +177,7 @@ pub fn duration(secs: u32) -> String {
     if secs == 0 {
         return "0s".into();
     }
-    let (d, h, m, s) = (
-        secs / 86400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     let mut out = String::new();
     for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (s, "s")] {
         if n > 0 {
@@ -421,7 +416,12 @@ pub fn describe(tx: &crate::ruleset::tx::Transaction) -> String {
             Op::DeleteChain { chain, .. } => {
                 let _ = writeln!(out, "- chain {chain}");
             }
-            Op::AddRule { family, chain, rule, .. } => {
+            Op::AddRule {
+                family,
+                chain,
+                rule,
+                ..
+            } => {
                 let _ = writeln!(out, "+ rule {chain}: {}", rule_text(*family, rule));
             }
             Op::AddElements { set, elements, .. } => {

@@ -10,10 +10,10 @@ use ipnet::IpNet;
 use std::sync::OnceLock;
 
 use super::ir::*;
-use crate::nft::parse;
 use super::names;
 use crate::input::Skipped;
 use crate::model::{categorize, nodeport_ips, Endpoint, Model, NodePortIps, ServicePort};
+use crate::nft::parse;
 
 pub const TABLE_NAME: &str = "kube-nftproxy";
 
@@ -43,7 +43,10 @@ pub fn skeleton() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(|| {
         let rs = parse::parse_script(SKELETON).expect("rules/skeleton.nft parses");
-        rs.tables.into_iter().next().expect("rules/skeleton.nft has a table")
+        rs.tables
+            .into_iter()
+            .next()
+            .expect("rules/skeleton.nft has a table")
     })
 }
 
@@ -67,8 +70,6 @@ struct TableBuilder<'a> {
     chains: Vec<Chain>,
 }
 
-
-
 fn regular(name: &str, rules: Vec<Rule>) -> Chain {
     Chain {
         rules,
@@ -88,7 +89,6 @@ fn cmp(field: Field, op: CmpOp, net: IpNet) -> Expr {
 fn host(field: Field, ip: IpAddr) -> Expr {
     cmp(field, CmpOp::Eq, IpNet::from(ip))
 }
-
 
 fn goto(chain: &str) -> Verdict {
     Verdict::Goto(chain.into())
@@ -110,7 +110,9 @@ impl<'a> TableBuilder<'a> {
 
     fn loopback(&self) -> IpNet {
         match self.f {
-            Family::V4 => IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).unwrap_or_default(),
+            Family::V4 => {
+                IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).unwrap_or_default()
+            }
             Family::V6 => IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         }
     }
@@ -257,8 +259,11 @@ impl<'a> TableBuilder<'a> {
                 CLUSTER_IPS_CHECK => {
                     for cidr in &service_cidrs {
                         c.rules.push(
-                            Rule::new(vec![cmp(Field::Daddr, CmpOp::Eq, *cidr)], Some(Verdict::Drop))
-                                .with_comment("drop traffic to unallocated ClusterIPs"),
+                            Rule::new(
+                                vec![cmp(Field::Daddr, CmpOp::Eq, *cidr)],
+                                Some(Verdict::Drop),
+                            )
+                            .with_comment("drop traffic to unallocated ClusterIPs"),
                         );
                     }
                 }
@@ -278,7 +283,8 @@ impl<'a> TableBuilder<'a> {
         };
         let external_ips = of_family(&sp.external_ips);
         let lb_ips = of_family(&sp.load_balancer_ips);
-        let externally_accessible = sp.node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
+        let externally_accessible =
+            sp.node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
         let etp_local = sp.external_policy_local && externally_accessible;
 
         let base = names::base(sp);
@@ -297,7 +303,11 @@ impl<'a> TableBuilder<'a> {
         let uses_external_chain = cat.has_any && externally_accessible;
 
         let reject = goto(REJECT_CHAIN);
-        let internal_filter = if cat.has_any { Verdict::Drop } else { reject.clone() };
+        let internal_filter = if cat.has_any {
+            Verdict::Drop
+        } else {
+            reject.clone()
+        };
         let external_filter = internal_filter.clone();
 
         let proto = Value::Proto(sp.protocol);
@@ -346,7 +356,12 @@ impl<'a> TableBuilder<'a> {
                 self.add(NO_EP_NODEPORTS, key, v, sp, notes);
             }
         }
-        for ep in cat.cluster.iter().chain(cat.local.iter()).filter(|e| e.local) {
+        for ep in cat
+            .cluster
+            .iter()
+            .chain(cat.local.iter())
+            .filter(|e| e.local)
+        {
             let key = vec![
                 Value::Addr(ep.ip),
                 Value::Addr(ep.ip),
@@ -367,7 +382,9 @@ impl<'a> TableBuilder<'a> {
         if uses_external_chain {
             let mut rules = Vec::new();
             if !etp_local {
-                rules.push(Rule::new(vec![Expr::MarkOr(self.mark)], None).with_comment("masquerade"));
+                rules.push(
+                    Rule::new(vec![Expr::MarkOr(self.mark)], None).with_comment("masquerade"),
+                );
                 rules.push(Rule::new(vec![], Some(goto(&cluster_chain))));
             } else {
                 // Traffic from pods and from the node itself is not subject to the external
@@ -375,19 +392,28 @@ impl<'a> TableBuilder<'a> {
                 if has_cluster {
                     for c in self.cluster_cidrs() {
                         rules.push(
-                            Rule::new(vec![cmp(Field::Saddr, CmpOp::Eq, c)], Some(goto(&cluster_chain)))
-                                .with_comment("short-circuit pod traffic"),
+                            Rule::new(
+                                vec![cmp(Field::Saddr, CmpOp::Eq, c)],
+                                Some(goto(&cluster_chain)),
+                            )
+                            .with_comment("short-circuit pod traffic"),
                         );
                     }
                 }
                 rules.push(
-                    Rule::new(vec![Expr::FibLocal(FibAddr::Saddr), Expr::MarkOr(self.mark)], None)
-                        .with_comment("masquerade local traffic"),
+                    Rule::new(
+                        vec![Expr::FibLocal(FibAddr::Saddr), Expr::MarkOr(self.mark)],
+                        None,
+                    )
+                    .with_comment("masquerade local traffic"),
                 );
                 if has_cluster {
                     rules.push(
-                        Rule::new(vec![Expr::FibLocal(FibAddr::Saddr)], Some(goto(&cluster_chain)))
-                            .with_comment("short-circuit local traffic"),
+                        Rule::new(
+                            vec![Expr::FibLocal(FibAddr::Saddr)],
+                            Some(goto(&cluster_chain)),
+                        )
+                        .with_comment("short-circuit local traffic"),
                     );
                 }
                 if has_local {
@@ -399,14 +425,22 @@ impl<'a> TableBuilder<'a> {
         if uses_firewall {
             let mut rules: Vec<Rule> = ranges
                 .iter()
-                .map(|r| Rule::new(vec![cmp(Field::Saddr, CmpOp::Eq, *r)], Some(Verdict::Return)))
+                .map(|r| {
+                    Rule::new(
+                        vec![cmp(Field::Saddr, CmpOp::Eq, *r)],
+                        Some(Verdict::Return),
+                    )
+                })
                 .collect();
             // A node reaching a VIP-style load balancer often loops back with the VIP as
             // source; allow that when the node itself is inside the allowed ranges.
             let primary = self.m.node_ips.iter().find(|ip| Family::of(ip) == f);
             if primary.is_some_and(|p| ranges.iter().any(|r| r.contains(p))) {
                 for ip in &lb_ips {
-                    rules.push(Rule::new(vec![host(Field::Saddr, *ip)], Some(Verdict::Return)));
+                    rules.push(Rule::new(
+                        vec![host(Field::Saddr, *ip)],
+                        Some(Verdict::Return),
+                    ));
                 }
             }
             rules.push(

@@ -101,7 +101,10 @@ fn same_skeleton(a: &Table, b: &Table) -> bool {
         && a.comment == b.comment
         && bases(a) == bases(b)
         && a.sets.len() == b.sets.len()
-        && a.sets.iter().zip(&b.sets).all(|(x, y)| declaration(x) == declaration(y))
+        && a.sets
+            .iter()
+            .zip(&b.sets)
+            .all(|(x, y)| declaration(x) == declaration(y))
 }
 
 /// The transaction from `old` (what the kernel holds, as we last programmed it) to `new`.
@@ -124,11 +127,15 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Transaction {
 }
 
 fn elements_by_key(s: &Set) -> BTreeMap<&[Value], &Option<ElementData>> {
-    s.elements.iter().map(|e| (e.key.as_slice(), &e.data)).collect()
+    s.elements
+        .iter()
+        .map(|e| (e.key.as_slice(), &e.data))
+        .collect()
 }
 
 fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
-    let old_chains: BTreeMap<&str, &Chain> = o.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let old_chains: BTreeMap<&str, &Chain> =
+        o.chains.iter().map(|c| (c.name.as_str(), c)).collect();
     let new_names: BTreeSet<&str> = n.chains.iter().map(|c| c.name.as_str()).collect();
 
     // 1. New chains exist before anything refers to them.
@@ -158,9 +165,11 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
     // A rewritten or removed chain that remembered endpoints may leave affinity entries
     // pointing at an endpoint that is gone; forget them all rather than pin clients to it.
     let remembers = |c: &Chain| {
-        c.rules
-            .iter()
-            .any(|r| r.exprs.iter().any(|e| matches!(e, Expr::UpdateAffinity { .. })))
+        c.rules.iter().any(|r| {
+            r.exprs
+                .iter()
+                .any(|e| matches!(e, Expr::UpdateAffinity { .. }))
+        })
     };
     let affinity_touched = rewrite
         .iter()
@@ -284,8 +293,16 @@ mod tests {
         let mut rs = start.clone();
         for op in &tx.ops {
             match op {
-                Op::AddTable { family, name, comment } => {
-                    if !rs.tables.iter().any(|t| t.family == *family && &t.name == name) {
+                Op::AddTable {
+                    family,
+                    name,
+                    comment,
+                } => {
+                    if !rs
+                        .tables
+                        .iter()
+                        .any(|t| t.family == *family && &t.name == name)
+                    {
                         rs.tables.push(Table {
                             family: *family,
                             name: name.clone(),
@@ -295,9 +312,9 @@ mod tests {
                         });
                     }
                 }
-                Op::DeleteTable { family, name } => {
-                    rs.tables.retain(|t| !(t.family == *family && &t.name == name))
-                }
+                Op::DeleteTable { family, name } => rs
+                    .tables
+                    .retain(|t| !(t.family == *family && &t.name == name)),
                 _ => {
                     let (family, table) = match op {
                         Op::AddChain { family, table, .. }
@@ -320,9 +337,13 @@ mod tests {
                             assert!(t.chain(&chain.name).is_none(), "chain added twice");
                             t.chains.push(chain.clone())
                         }
-                        Op::FlushChain { chain, .. } => {
-                            t.chains.iter_mut().find(|c| &c.name == chain).unwrap().rules.clear()
-                        }
+                        Op::FlushChain { chain, .. } => t
+                            .chains
+                            .iter_mut()
+                            .find(|c| &c.name == chain)
+                            .unwrap()
+                            .rules
+                            .clear(),
                         Op::DeleteChain { chain, .. } => {
                             let c = t.chains.iter().find(|c| &c.name == chain).unwrap();
                             assert!(c.rules.is_empty(), "deleting a non-empty chain");
@@ -347,9 +368,13 @@ mod tests {
                             }
                             s.elements.sort();
                         }
-                        Op::FlushSet { set, .. } => {
-                            t.sets.iter_mut().find(|s| &s.name == set).unwrap().elements.clear()
-                        }
+                        Op::FlushSet { set, .. } => t
+                            .sets
+                            .iter_mut()
+                            .find(|s| &s.name == set)
+                            .unwrap()
+                            .elements
+                            .clear(),
                         Op::DeleteElements { set, elements, .. } => {
                             let s = t.sets.iter_mut().find(|s| &s.name == set).unwrap();
                             for e in elements {
@@ -380,10 +405,21 @@ mod tests {
         yaml = yaml.replacen("[\"10.244.1.3\"]", "[\"10.244.1.9\"]", 1);
         let b = render(&yaml);
         let tx = diff(&a, &b);
-        let flushes = tx.ops.iter().filter(|o| matches!(o, Op::FlushChain { .. })).count();
-        let rules = tx.ops.iter().filter(|o| matches!(o, Op::AddRule { .. })).count();
+        let flushes = tx
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::FlushChain { .. }))
+            .count();
+        let rules = tx
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::AddRule { .. }))
+            .count();
         assert_eq!((flushes, rules), (1, 2), "{tx:#?}");
-        assert!(!tx.ops.iter().any(|o| matches!(o, Op::AddTable { .. } | Op::DeleteTable { .. })));
+        assert!(!tx
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::AddTable { .. } | Op::DeleteTable { .. })));
         assert_eq!(simulate(&a, &tx), b);
     }
 

@@ -275,9 +275,16 @@ pub enum Verdict {
     /// `reject` (ICMP port unreachable / TCP reset as the kernel chooses).
     Reject,
     /// `<key> vmap @map`
-    Vmap { key: Vec<Field>, map: String },
+    Vmap {
+        key: Vec<Field>,
+        map: String,
+    },
     /// `meta l4proto P dnat to addr:port`
-    Dnat { proto: Proto, addr: IpAddr, port: u16 },
+    Dnat {
+        proto: Proto,
+        addr: IpAddr,
+        port: u16,
+    },
     /// `dnat ip to <key> map @map`: the remembered endpoint, if any.
     DnatMap {
         proto: Proto,

@@ -51,7 +51,10 @@ mod tests {
     #[test]
     fn matches_upstream_hash() {
         // Upstream's TestOverallNFTablesRules names this chain service-ULMVA6XW-ns1/svc1/tcp/p80.
-        assert_eq!(hash_and_truncate("ns1/svc1/tcp/p80"), "ULMVA6XW-ns1/svc1/tcp/p80");
+        assert_eq!(
+            hash_and_truncate("ns1/svc1/tcp/p80"),
+            "ULMVA6XW-ns1/svc1/tcp/p80"
+        );
     }
 
     #[test]

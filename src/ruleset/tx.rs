@@ -17,7 +17,11 @@ pub enum Op {
         name: String,
     },
     /// Declares a chain; its rules are separate `AddRule`s. `chain.rules` is ignored.
-    AddChain { family: Family, table: String, chain: Chain },
+    AddChain {
+        family: Family,
+        table: String,
+        chain: Chain,
+    },
     /// Removes every rule of a chain.
     FlushChain {
         family: Family,
@@ -38,7 +42,11 @@ pub enum Op {
         rule: Rule,
     },
     /// Declares a set or map; `set.elements` is ignored (see `AddElements`).
-    AddSet { family: Family, table: String, set: Set },
+    AddSet {
+        family: Family,
+        table: String,
+        set: Set,
+    },
     AddElements {
         family: Family,
         table: String,
