@@ -5,6 +5,7 @@
 //! layer is pure and deterministic.
 
 pub mod config;
+pub mod conntrack;
 pub mod input;
 pub mod model;
 pub mod nft;
