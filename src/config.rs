@@ -21,7 +21,8 @@ pub const KIND: &str = "KubeProxyConfiguration";
 /// `nftables.masqueradeBit` when unset (mark 0x4000).
 pub const DEFAULT_MASQUERADE_BIT: u8 = 14;
 /// `nftables.syncPeriod` when unset or zero.
-pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
+/// kube-nftproxy forces a full sync hourly; partial syncs carry every change in between.
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 /// `nftables.minSyncPeriod` when unset or zero.
 pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 
@@ -843,7 +844,7 @@ mod tests {
         assert_eq!(
             resolved.sync,
             SyncSettings {
-                sync_period: Duration::from_secs(30),
+                sync_period: Duration::from_secs(3600),
                 min_sync_period: Duration::from_secs(1)
             }
         );
