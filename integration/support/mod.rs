@@ -23,6 +23,7 @@
 #![allow(dead_code)]
 
 mod cluster;
+pub mod fakeapi;
 mod netns;
 mod sys;
 
