@@ -5,6 +5,7 @@
 //! layer is pure and deterministic.
 
 pub mod apply;
+pub mod bench;
 pub mod config;
 pub mod conntrack;
 pub mod input;

@@ -75,6 +75,18 @@ enum Command {
         #[arg(long)]
         sync_period: Option<String>,
     },
+    /// Measure render, cold start (netlink vs nft -f) and one-endpoint partial syncs on
+    /// generated clusters, inside a private network namespace it creates for itself.
+    Bench {
+        /// Cluster sizes (Services), comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000])]
+        services: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// One-endpoint changes to time per size.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Print a generated cluster (JSON, as `kubectl get -o json`) for benchmarks.
     Synthetic {
         #[arg(long, default_value_t = 10_000)]
@@ -175,6 +187,17 @@ fn run(cli: Cli) -> Result<()> {
                 dry_run,
                 endpoints_api,
             ))
+        }
+        Command::Bench {
+            services,
+            endpoints,
+            rounds,
+        } => {
+            kube_nftproxy::bench::enter_private_netns()?;
+            for n in services {
+                print!("{}", kube_nftproxy::bench::run_one(n, endpoints, rounds.max(1))?);
+            }
+            Ok(())
         }
         Command::Synthetic {
             services,
