@@ -108,9 +108,15 @@ impl SetDecls {
 
     /// Adds (or replaces) one declaration; `set.elements` is ignored.
     pub fn insert(&mut self, family: Family, table: &str, set: &Set) {
+        // Field by field: cloning the whole set would copy every element first.
         let decl = Set {
+            name: set.name.clone(),
+            key: set.key.clone(),
+            data: set.data.clone(),
+            flags: set.flags,
+            timeout: set.timeout,
+            comment: set.comment.clone(),
             elements: Vec::new(),
-            ..set.clone()
         };
         self.sets
             .insert((family, table.to_string(), set.name.clone()), decl);

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::ir::{Chain, Element, ElementData, Expr, Ruleset, Set, Table, Value};
+use super::ir::{Chain, Element, Expr, Ruleset, Set, Table};
 use super::tx::{Op, Transaction};
 
 /// Replaces every table of `rs` atomically: create-if-missing, delete, recreate. There is
@@ -126,11 +126,44 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Transaction {
     tx
 }
 
-fn elements_by_key(s: &Set) -> BTreeMap<&[Value], &Option<ElementData>> {
-    s.elements
-        .iter()
-        .map(|e| (e.key.as_slice(), &e.data))
-        .collect()
+/// Both lists are sorted by key (the builder guarantees it), so one merge walk finds what
+/// to delete (gone, or data changed) and what to add (new, or data changed).
+fn element_changes(old: &[Element], new: &[Element]) -> (Vec<Element>, Vec<Element>) {
+    use std::cmp::Ordering;
+    let (mut removed, mut added) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) => match a.key.cmp(&b.key) {
+                Ordering::Less => {
+                    removed.push(a.clone());
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    added.push(b.clone());
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    if a.data != b.data {
+                        removed.push(a.clone());
+                        added.push(b.clone());
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            },
+            (Some(a), None) => {
+                removed.push(a.clone());
+                i += 1;
+            }
+            (None, Some(b)) => {
+                added.push(b.clone());
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (removed, added)
 }
 
 fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
@@ -190,23 +223,10 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
     // 3. Set elements: delete what went away or changed its data, then add. A changed
     // element cannot be overwritten in place (the kernel answers EEXIST).
     for (os, ns) in o.sets.iter().zip(&n.sets) {
-        if ns.flags.dynamic {
-            continue; // filled by the datapath
+        if ns.flags.dynamic || os.elements == ns.elements {
+            continue; // dynamic sets are filled by the datapath
         }
-        let before = elements_by_key(os);
-        let after = elements_by_key(ns);
-        let removed: Vec<Element> = os
-            .elements
-            .iter()
-            .filter(|e| after.get(e.key.as_slice()) != Some(&&e.data))
-            .cloned()
-            .collect();
-        let added: Vec<Element> = ns
-            .elements
-            .iter()
-            .filter(|e| before.get(e.key.as_slice()) != Some(&&e.data))
-            .cloned()
-            .collect();
+        let (removed, added) = element_changes(&os.elements, &ns.elements);
         if !removed.is_empty() {
             ops.push(Op::DeleteElements {
                 family: n.family,
