@@ -93,7 +93,9 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
     let json = serde_json::to_string(&cluster).map_err(|e| BenchError::Input(e.to_string()))?;
     let opts = Options {
         hostname: "node-a".into(),
-        cluster_cidrs: vec!["10.244.0.0/16".parse().map_err(|_| BenchError::Input("cidr".into()))?],
+        cluster_cidrs: vec!["10.244.0.0/16"
+            .parse()
+            .map_err(|_| BenchError::Input("cidr".into()))?],
         ..Options::default()
     };
 
@@ -116,6 +118,76 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
     let cold_netlink = t.elapsed();
     delete_ours()?;
     let cold_nft = nft_load(&script)?;
+    delete_ours()?;
+    netlink::apply(&tx, &netlink::SetDecls::from_ruleset(&rs))?;
+
+    // Kernel commit cost by kind of change, on the loaded table.
+    let probe = |ops: Vec<crate::ruleset::tx::Op>| -> Result<Duration, BenchError> {
+        let tx = crate::ruleset::tx::Transaction { ops };
+        Ok(netlink::apply(&tx, &netlink::SetDecls::from_ruleset(&rs))?.send)
+    };
+    use crate::ruleset::ir::{Element, ElementData, Expr, Rule, Value, Verdict};
+    use crate::ruleset::tx::Op;
+    let fam = Family::V4;
+    let tbl = TABLE_NAME.to_string();
+    let some_chain = rs.tables[0]
+        .chains
+        .last()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let ip: IpAddr = "10.99.0.1"
+        .parse()
+        .map_err(|_| BenchError::Input("ip".into()))?;
+    let plain = probe(vec![Op::AddElements {
+        family: fam,
+        table: tbl.clone(),
+        set: "cluster-ips".into(),
+        elements: vec![Element {
+            key: vec![Value::Addr(ip)],
+            data: None,
+        }],
+    }])?;
+    let verdict = probe(vec![Op::AddElements {
+        family: fam,
+        table: tbl.clone(),
+        set: "service-ips".into(),
+        elements: vec![Element {
+            key: vec![
+                Value::Addr(ip),
+                Value::Proto(crate::ruleset::ir::Proto::Tcp),
+                Value::Port(80),
+            ],
+            data: Some(ElementData::Verdict(Verdict::Goto(some_chain.clone()))),
+        }],
+    }])?;
+    let drop_rule = probe(vec![Op::AddRule {
+        family: fam,
+        table: tbl.clone(),
+        chain: "cluster-ips-check".into(),
+        rule: Rule::new(
+            vec![Expr::AddrCmp {
+                field: crate::ruleset::ir::Field::Saddr,
+                op: crate::ruleset::ir::CmpOp::Eq,
+                addr: ip,
+                prefix_len: 32,
+            }],
+            Some(Verdict::Drop),
+        ),
+    }])?;
+    let nat_rule = probe(vec![Op::AddRule {
+        family: fam,
+        table: tbl.clone(),
+        chain: some_chain.clone(),
+        rule: Rule::new(
+            vec![],
+            Some(Verdict::Dnat {
+                proto: crate::ruleset::ir::Proto::Tcp,
+                addr: ip,
+                port: 80,
+            }),
+        ),
+    }])?;
+    let _ = writeln!(out, "  kernel commit by kind: plain element {:.2} ms, verdict element {:.2} ms, drop rule {:.2} ms, dnat rule {:.2} ms", ms(plain), ms(verdict), ms(drop_rule), ms(nat_rule));
     delete_ours()?;
     netlink::apply(&tx, &netlink::SetDecls::from_ruleset(&rs))?;
 
@@ -163,7 +235,11 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
         json.len() / 1024,
         script.len() / 1024
     );
-    let _ = writeln!(out, "  render (parse + model + IR + text): {:.1} ms", ms(render));
+    let _ = writeln!(
+        out,
+        "  render (parse + model + IR + text): {:.1} ms",
+        ms(render)
+    );
     let _ = writeln!(
         out,
         "  cold start over netlink: {:.1} ms ({} messages, {} KB; build {:.1} ms, kernel {:.1} ms)",
