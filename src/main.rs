@@ -195,7 +195,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             kube_nftproxy::bench::enter_private_netns()?;
             for n in services {
-                print!("{}", kube_nftproxy::bench::run_one(n, endpoints, rounds.max(1))?);
+                print!(
+                    "{}",
+                    kube_nftproxy::bench::run_one(n, endpoints, rounds.max(1))?
+                );
             }
             Ok(())
         }
@@ -262,7 +265,11 @@ async fn agent(
     let stores = watch::start(&client, &opts.hostname, endpoints_api, changes.clone()).await;
     let log_sync = |r: &reconcile::SyncReport| {
         if let Some(max) = r.latencies.iter().max() {
-            tracing::debug!(changes = r.latencies.len(), max_latency_ms = max.as_secs_f64() * 1000.0, "programmed");
+            tracing::debug!(
+                changes = r.latencies.len(),
+                max_latency_ms = max.as_secs_f64() * 1000.0,
+                "programmed"
+            );
         }
     };
     match dry_run {
@@ -270,11 +277,29 @@ async fn agent(
             let sink = DryRun {
                 full_ruleset: mode == DryRunMode::Full,
             };
-            reconcile::run(stores, changes, opts, timing, sink, shutdown_signal(), log_sync).await
+            reconcile::run(
+                stores,
+                changes,
+                opts,
+                timing,
+                sink,
+                shutdown_signal(),
+                log_sync,
+            )
+            .await
         }
         None => {
-            let sink = apply::KernelSink::default();
-            reconcile::run(stores, changes, opts, timing, sink, shutdown_signal(), log_sync).await
+            let sink = apply::KernelSink;
+            reconcile::run(
+                stores,
+                changes,
+                opts,
+                timing,
+                sink,
+                shutdown_signal(),
+                log_sync,
+            )
+            .await
         }
     }
     Ok(())
