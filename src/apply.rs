@@ -140,7 +140,11 @@ impl crate::reconcile::Sink for KernelSink {
             return;
         }
         match crate::conntrack::delete_flows(&flows) {
-            Ok(n) => tracing::info!(deleted = n, filters = flows.len(), "removed stale UDP conntrack entries"),
+            Ok(n) => tracing::info!(
+                deleted = n,
+                filters = flows.len(),
+                "removed stale UDP conntrack entries"
+            ),
             Err(e) => tracing::warn!(error = %e, "conntrack cleanup failed"),
         }
     }

@@ -38,12 +38,13 @@
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use rustables::{
+    Batch, Chain, ChainPolicy, Hook, HookClass, MsgType, ProtocolFamily, Rule, Table,
     data_type::ip_to_vec,
     expr::{
         Bitwise, Cmp, CmpOp, Counter, HighLevelPayload, ICMPv6HeaderField, IPv4HeaderField,
         IcmpCode, Immediate, Meta, MetaType, NetworkHeaderField, TransportHeaderField, VerdictKind,
     },
-    iface_index, Batch, Chain, ChainPolicy, Hook, HookClass, MsgType, ProtocolFamily, Rule, Table,
+    iface_index,
 };
 use std::net::Ipv4Addr;
 
@@ -96,13 +97,11 @@ fn main() -> Result<(), Error> {
         // expression, which will load the interface index of the interface the packet came from into
         // a special "register" in netfilter.
         .with_expr(Meta::new(MetaType::Iif))
-
         // Next expression in the rule is to compare the value loaded into the register with our desired
         // interface index, and succeed only if it's equal. For any packet processed where the equality
         // does not hold the packet is said to not match this rule, and the packet moves on to be
         // processed by the next rule in the chain instead.
         .with_expr(Cmp::new(CmpOp::Eq, lo_iface_index.to_le_bytes()))
-
         // Add a verdict expression to the rule. Any packet getting this far in the expression
         // processing without failing any expression will be given the verdict added here.
         .with_expr(Immediate::new_verdict(VerdictKind::Accept));
@@ -120,21 +119,18 @@ fn main() -> Result<(), Error> {
         // Load the `nfproto` metadata into the netfilter register. This metadata denotes which layer3
         // protocol the packet being processed is using.
         .with_expr(Meta::new(MetaType::NfProto))
-
         // Check if the currently processed packet is an IPv4 packet. This must be done before payload
         // data assuming the packet uses IPv4 can be loaded in the next expression.
         .with_expr(Cmp::new(CmpOp::Eq, [libc::NFPROTO_IPV4 as u8]))
-
         // Load the IPv4 destination address into the netfilter register.
-        .with_expr(HighLevelPayload::Network(NetworkHeaderField::IPv4(IPv4HeaderField::Daddr)).build())
-
+        .with_expr(
+            HighLevelPayload::Network(NetworkHeaderField::IPv4(IPv4HeaderField::Daddr)).build(),
+        )
         // Mask out the part of the destination address that is not part of the network bits. The result
         // of this bitwise masking is stored back into the same netfilter register.
         .with_expr(Bitwise::new(ip_to_vec(private_net.mask()), [0u8; 4])?)
-
         // Compare the result of the masking with the IP of the network we are interested in.
         .with_expr(Cmp::new(CmpOp::Eq, ip_to_vec(private_net.ip())))
-
         // Add a packet counter to the rule. Shows how many packets have been evaluated against this
         // expression. Since expressions are evaluated from first to last, putting this counter before
         // the above IP net check would make the counter increment on all packets also *not* matching
@@ -142,7 +138,6 @@ fn main() -> Result<(), Error> {
         // Similarly, if the counter was added after the verdict it would always remain at zero. Since
         // when the packet hits the verdict expression any further processing of expressions stop.
         .with_expr(Counter::default())
-
         // Accept all the packets matching the rule so far.
         .with_expr(Immediate::new_verdict(VerdictKind::Accept));
 

@@ -4,8 +4,9 @@
 //! To use this example, create rules with the example `add-rules`, then run this binary.
 
 use rustables::{
+    Batch, Chain, MsgType, Rule, Table,
     expr::{ExpressionVariant, Log, RawExpression, Register, Verdict, VerdictType},
-    list_chains_for_table, list_rules_for_chain, list_tables, Batch, Chain, MsgType, Rule, Table,
+    list_chains_for_table, list_rules_for_chain, list_tables,
 };
 
 const TABLE_NAME: &str = "example-table";

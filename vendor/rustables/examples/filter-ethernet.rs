@@ -22,11 +22,11 @@
 ///! # nft delete table inet example-filter-ethernet
 ///! ```
 use rustables::{
+    Batch, Chain, ChainPolicy, Hook, HookClass, ProtocolFamily, Rule, Table,
     expr::{
         Cmp, CmpOp, Counter, ExpressionList, HighLevelPayload, Immediate, LLHeaderField, Meta,
         MetaType, VerdictKind,
     },
-    Batch, Chain, ChainPolicy, Hook, HookClass, ProtocolFamily, Rule, Table,
 };
 
 const TABLE_NAME: &str = "example-filter-ethernet";
@@ -52,17 +52,18 @@ fn main() {
 
     block_ethernet_rule.set_expressions(
         ExpressionList::default()
-        // Check that the interface type is an ethernet interface. Must be done before we can check
-        // payload values in the ethernet header.
-        .with_value(Meta::new(MetaType::IifType))
-        .with_value(Cmp::new(CmpOp::Eq, (libc::ARPHRD_ETHER as u16).to_le_bytes()))
-
-        // Compare the ethernet destination address against the MAC address we want to drop
-        .with_value(HighLevelPayload::LinkLayer(LLHeaderField::Daddr).build())
-        .with_value(Cmp::new(CmpOp::Eq, BLOCK_THIS_MAC))
-
-        // Drop the matching packets.
-        .with_value(Immediate::new_verdict(VerdictKind::Drop)),
+            // Check that the interface type is an ethernet interface. Must be done before we can check
+            // payload values in the ethernet header.
+            .with_value(Meta::new(MetaType::IifType))
+            .with_value(Cmp::new(
+                CmpOp::Eq,
+                (libc::ARPHRD_ETHER as u16).to_le_bytes(),
+            ))
+            // Compare the ethernet destination address against the MAC address we want to drop
+            .with_value(HighLevelPayload::LinkLayer(LLHeaderField::Daddr).build())
+            .with_value(Cmp::new(CmpOp::Eq, BLOCK_THIS_MAC))
+            // Drop the matching packets.
+            .with_value(Immediate::new_verdict(VerdictKind::Drop)),
     );
 
     batch.add(&block_ethernet_rule, rustables::MsgType::Add);
@@ -77,17 +78,15 @@ fn main() {
 
     random_rule.set_expressions(
         ExpressionList::default()
-        // This counter expression will be evaluated (and increment the counter) for all packets coming
-        // through.
-        .with_value(Counter::default())
-
-        // Load a pseudo-random 32 bit unsigned integer into the netfilter register.
-        .with_value(Meta::new(MetaType::PRandom))
-        // Check if the random integer is larger than `u32::MAX/2`, thus having 50% chance of success.
-        .with_value(Cmp::new(CmpOp::Gt, (::std::u32::MAX / 2).to_be_bytes()))
-
-        // Add a second counter. This will only be incremented for the packets passing the random check.
-        .with_value(Counter::default()),
+            // This counter expression will be evaluated (and increment the counter) for all packets coming
+            // through.
+            .with_value(Counter::default())
+            // Load a pseudo-random 32 bit unsigned integer into the netfilter register.
+            .with_value(Meta::new(MetaType::PRandom))
+            // Check if the random integer is larger than `u32::MAX/2`, thus having 50% chance of success.
+            .with_value(Cmp::new(CmpOp::Gt, (::std::u32::MAX / 2).to_be_bytes()))
+            // Add a second counter. This will only be incremented for the packets passing the random check.
+            .with_value(Counter::default()),
     );
 
     batch.add(&random_rule, rustables::MsgType::Add);

@@ -255,10 +255,7 @@ fn initial() -> R<(Batch, usize)> {
     // services: fib daddr type local counter jump nodeports
     Rule::new(&services)?
         .with_expr(Fib::daddr_type())
-        .with_expr(Cmp::new(
-            CmpOp::Eq,
-            (libc::RTN_LOCAL as u32).to_ne_bytes(),
-        ))
+        .with_expr(Cmp::new(CmpOp::Eq, (libc::RTN_LOCAL as u32).to_ne_bytes()))
         .with_expr(Counter::default())
         .with_expr(Immediate::new_verdict(jump("nodeports")))
         .add_to_batch(&mut b);
@@ -351,8 +348,14 @@ fn initial() -> R<(Batch, usize)> {
         .add_to_batch(&mut b);
 
     // filter-forward: ct status dnat counter; ip daddr . meta l4proto . th dport vmap @no-endpoint-services
-    let fwd = base_chain(v4, "filter-forward", ChainType::Filter, HookClass::Forward, 0)
-        .add_to_batch(&mut b);
+    let fwd = base_chain(
+        v4,
+        "filter-forward",
+        ChainType::Filter,
+        HookClass::Forward,
+        0,
+    )
+    .add_to_batch(&mut b);
     Rule::new(&fwd)?
         .with_expr(Conntrack::new(ConntrackKey::Status))
         .with_expr(Bitwise::new(
@@ -376,8 +379,14 @@ fn initial() -> R<(Batch, usize)> {
             .with_expr(Immediate::new_verdict(jump("services")))
             .add_to_batch(&mut b);
     }
-    let post = base_chain(v4, "nat-postrouting", ChainType::Nat, HookClass::PostRouting, 100)
-        .add_to_batch(&mut b);
+    let post = base_chain(
+        v4,
+        "nat-postrouting",
+        ChainType::Nat,
+        HookClass::PostRouting,
+        100,
+    )
+    .add_to_batch(&mut b);
     Rule::new(&post)?
         .with_expr(Meta::new(MetaType::Mark))
         .with_expr(Bitwise::new(MASQ_MARK.to_ne_bytes(), 0u32.to_ne_bytes())?)
@@ -459,8 +468,14 @@ fn add_ip6(b: &mut Batch) -> R<()> {
         .with_expr(th_dport(Register::Reg32_05))
         .with_expr(Lookup::new(&map)?.with_verdict_dreg())
         .add_to_batch(b);
-    let nat = base_chain(v6, "nat-prerouting", ChainType::Nat, HookClass::PreRouting, -100)
-        .add_to_batch(b);
+    let nat = base_chain(
+        v6,
+        "nat-prerouting",
+        ChainType::Nat,
+        HookClass::PreRouting,
+        -100,
+    )
+    .add_to_batch(b);
     Rule::new(&nat)?
         .with_expr(Immediate::new_verdict(jump("services")))
         .add_to_batch(b);
@@ -536,11 +551,17 @@ fn main() -> R<()> {
     let chains4 = list_chains_for_table(&t4)?;
     let chains6 = list_chains_for_table(&t6)?;
     c.check(
-        chains4.len() == 10 && chains4.iter().all(|ch| ch.get_family() == ProtocolFamily::Ipv4),
+        chains4.len() == 10
+            && chains4
+                .iter()
+                .all(|ch| ch.get_family() == ProtocolFamily::Ipv4),
         &format!("ip chains: {} (expected 10, all ip)", chains4.len()),
     );
     c.check(
-        chains6.len() == 4 && chains6.iter().all(|ch| ch.get_family() == ProtocolFamily::Ipv6),
+        chains6.len() == 4
+            && chains6
+                .iter()
+                .all(|ch| ch.get_family() == ProtocolFamily::Ipv6),
         &format!("ip6 chains: {} (expected 4, all ip6)", chains6.len()),
     );
     let input6 = chains6
@@ -582,8 +603,13 @@ fn main() -> R<()> {
         .flat_map(|r| r.get_expressions().into_iter().flat_map(|l| l.iter()))
         .filter_map(|e| e.get_name().cloned())
         .collect();
-    for n in ["numgen", "fib", "dynset", "lookup", "masq", "ct", "reject", "nat"] {
-        c.check(names.iter().any(|x| x == n), &format!("expression {n} listed"));
+    for n in [
+        "numgen", "fib", "dynset", "lookup", "masq", "ct", "reject", "nat",
+    ] {
+        c.check(
+            names.iter().any(|x| x == n),
+            &format!("expression {n} listed"),
+        );
     }
     c.check(
         all_rules4
@@ -596,7 +622,11 @@ fn main() -> R<()> {
     let sets6 = list_sets_for_table(&t6)?;
     c.check(
         sets4.len() == 5 && sets6.len() == 1,
-        &format!("sets: ip {} (expected 5), ip6 {} (expected 1)", sets4.len(), sets6.len()),
+        &format!(
+            "sets: ip {} (expected 5), ip6 {} (expected 1)",
+            sets4.len(),
+            sets6.len()
+        ),
     );
     let find = |name: &str| {
         sets4
@@ -631,7 +661,8 @@ fn main() -> R<()> {
     c.check(
         aff.timeout == Some(3 * 3600 * 1000)
             && aff.data_len == Some(8)
-            && aff.flags.unwrap_or(0) & (sys::NFT_SET_EVAL | sys::NFT_SET_TIMEOUT | sys::NFT_SET_MAP)
+            && aff.flags.unwrap_or(0)
+                & (sys::NFT_SET_EVAL | sys::NFT_SET_TIMEOUT | sys::NFT_SET_MAP)
                 == sys::NFT_SET_EVAL | sys::NFT_SET_TIMEOUT | sys::NFT_SET_MAP,
         "affinity: flags map|timeout|dynamic, timeout 3h, data len 8",
     );
@@ -657,9 +688,8 @@ fn main() -> R<()> {
     let mut bad = Batch::new();
     let chain_seq = bad.add(&chain(ProtocolFamily::Ipv4, "would-be-new"), MsgType::Add);
     let del_seq = bad.add(
-        &SetElementList::new(&map).with_element(
-            SetElement::new(svc_key(Ipv4Addr::new(10, 96, 0, 10), 80)),
-        ),
+        &SetElementList::new(&map)
+            .with_element(SetElement::new(svc_key(Ipv4Addr::new(10, 96, 0, 10), 80))),
         MsgType::Del,
     );
     let bad_seq = bad.add(
@@ -703,7 +733,8 @@ fn main() -> R<()> {
         MsgType::Del,
     );
     upd.add(
-        &SetElementList::new(&map).with_element(SetElement::new(k.clone()).with_verdict(goto("ep-1"))),
+        &SetElementList::new(&map)
+            .with_element(SetElement::new(k.clone()).with_verdict(goto("ep-1"))),
         MsgType::Add,
     );
     upd.add(

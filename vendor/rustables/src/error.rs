@@ -28,7 +28,9 @@ pub enum DecodeError {
     #[error("Invalid sequence number")]
     InvalidSeq(u32),
 
-    #[error("The generation number was bumped in the kernel while the operation was running, interrupting it")]
+    #[error(
+        "The generation number was bumped in the kernel while the operation was running, interrupting it"
+    )]
     ConcurrentGenerationUpdate,
 
     #[error("Unsupported message type")]
@@ -182,7 +184,9 @@ pub enum QueryError {
     #[error("Only a part of the message was sent")]
     TruncatedSend,
 
-    #[error("Got a message without the NLM_F_MULTI flag, but a maximum sequence number was not specified")]
+    #[error(
+        "Got a message without the NLM_F_MULTI flag, but a maximum sequence number was not specified"
+    )]
     UndecidableMessageTermination,
 
     #[error("Couldn't close the socket")]

@@ -100,13 +100,7 @@ pub fn get_list_of_objects<T: NfNetlinkAttribute>(
 ) -> Result<Vec<u8>, QueryError> {
     let mut buffer = Vec::new();
     let mut writer = NfNetlinkWriter::new(&mut buffer);
-    writer.write_header(
-        msg_type,
-        family,
-        NLM_F_DUMP as u16,
-        seq,
-        None,
-    );
+    writer.write_header(msg_type, family, NLM_F_DUMP as u16, seq, None);
     if let Some(filter) = filter {
         let buf = writer.add_data_zeroed(filter.get_size());
         filter.write_payload(buf);

@@ -3,6 +3,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use crate::Rule;
 use crate::data_type::ip_to_vec;
 use crate::error::BuilderError;
 use crate::expr::ct::{ConnTrackState, Conntrack, ConntrackKey};
@@ -11,7 +12,6 @@ use crate::expr::{
     Meta, MetaType, NetworkHeaderField, TCPHeaderField, TransportHeaderField, UDPHeaderField,
     VerdictKind,
 };
-use crate::Rule;
 
 /// Simple protocol description. Note that it does not implement other layer 4 protocols as
 /// IGMP et al. See [`Rule::igmp`] for a workaround.

@@ -9,13 +9,13 @@ use crate::parser_impls::{NfNetlinkData, NfNetlinkList};
 use crate::sys::{
     NFT_DATA_VERDICT, NFT_MSG_DELSET, NFT_MSG_DELSETELEM, NFT_MSG_GETSET, NFT_MSG_GETSETELEM,
     NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_SET_CONCAT, NFT_SET_MAP, NFT_SET_TIMEOUT,
-    NFTA_SET_DATA_LEN, NFTA_SET_DATA_TYPE, NFTA_SET_DESC, NFTA_SET_DESC_CONCAT,
-    NFTA_SET_DESC_SIZE, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_FLAGS,
-    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS,
-    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_SET_ID, NFTA_SET_ELEM_LIST_TABLE,
-    NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_USERDATA, NFTA_SET_FIELD_LEN, NFTA_SET_FLAGS,
-    NFTA_SET_GC_INTERVAL, NFTA_SET_HANDLE, NFTA_SET_ID, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE,
-    NFTA_SET_NAME, NFTA_SET_POLICY, NFTA_SET_TABLE, NFTA_SET_TIMEOUT, NFTA_SET_USERDATA,
+    NFTA_SET_DATA_LEN, NFTA_SET_DATA_TYPE, NFTA_SET_DESC, NFTA_SET_DESC_CONCAT, NFTA_SET_DESC_SIZE,
+    NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_EXPIRATION, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY,
+    NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_SET_ID, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT,
+    NFTA_SET_ELEM_USERDATA, NFTA_SET_FIELD_LEN, NFTA_SET_FLAGS, NFTA_SET_GC_INTERVAL,
+    NFTA_SET_HANDLE, NFTA_SET_ID, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE, NFTA_SET_NAME,
+    NFTA_SET_POLICY, NFTA_SET_TABLE, NFTA_SET_TIMEOUT, NFTA_SET_USERDATA,
 };
 use crate::table::Table;
 use crate::userdata::{
@@ -282,7 +282,9 @@ impl SetElementList {
     }
 
     pub fn add_element(&mut self, e: SetElement) {
-        self.elements.get_or_insert_with(Default::default).add_value(e);
+        self.elements
+            .get_or_insert_with(Default::default)
+            .add_value(e);
     }
 
     pub fn with_element(mut self, e: SetElement) -> Self {
@@ -417,7 +419,8 @@ type SetElementListElements = NfNetlinkList<SetElement>;
 /// Lists the sets (and maps, including anonymous ones) of `table`: same name and family.
 pub fn list_sets_for_table(table: &Table) -> Result<Vec<Set>, QueryError> {
     let mut result = Vec::new();
-    let mut filter = Set::default().with_table(table.get_name().ok_or(BuilderError::MissingTableName)?);
+    let mut filter =
+        Set::default().with_table(table.get_name().ok_or(BuilderError::MissingTableName)?);
     filter.family = table.get_family();
     crate::query::list_objects_with_data(
         NFT_MSG_GETSET as u16,

@@ -3,8 +3,8 @@ use rustables_macros::{nfnetlink_enum, nfnetlink_struct};
 use crate::{
     parser_impls::NfNetlinkData,
     sys::{
-        NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFT_CMP_EQ, NFT_CMP_GT, NFT_CMP_GTE, NFT_CMP_LT,
-        NFT_CMP_LTE, NFT_CMP_NEQ,
+        NFT_CMP_EQ, NFT_CMP_GT, NFT_CMP_GTE, NFT_CMP_LT, NFT_CMP_LTE, NFT_CMP_NEQ, NFTA_CMP_DATA,
+        NFTA_CMP_OP, NFTA_CMP_SREG,
     },
 };
 

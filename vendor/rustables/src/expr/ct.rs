@@ -1,7 +1,7 @@
 use rustables_macros::{nfnetlink_enum, nfnetlink_struct};
 
 use crate::sys::{
-    NFTA_CT_DIRECTION, NFTA_CT_DREG, NFTA_CT_KEY, NFTA_CT_SREG, NFT_CT_MARK, NFT_CT_STATE,
+    NFT_CT_MARK, NFT_CT_STATE, NFTA_CT_DIRECTION, NFTA_CT_DREG, NFTA_CT_KEY, NFTA_CT_SREG,
 };
 
 use super::{Expression, Register};

@@ -1,9 +1,9 @@
 use rustables_macros::nfnetlink_struct;
 
 use super::{Expression, Register};
+use crate::Set;
 use crate::error::BuilderError;
 use crate::sys::{NFTA_LOOKUP_DREG, NFTA_LOOKUP_SET, NFTA_LOOKUP_SET_ID, NFTA_LOOKUP_SREG};
-use crate::Set;
 
 #[derive(Clone, PartialEq, Eq, Default, Debug)]
 #[nfnetlink_struct]

@@ -2,8 +2,8 @@ use rustables_macros::{nfnetlink_enum, nfnetlink_struct};
 
 use super::{Expression, Register};
 use crate::{
-    sys::{self, NFT_NAT_DNAT, NFT_NAT_SNAT},
     ProtocolFamily,
+    sys::{self, NFT_NAT_DNAT, NFT_NAT_SNAT},
 };
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq, Hash)]

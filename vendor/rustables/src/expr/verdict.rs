@@ -4,7 +4,7 @@ use libc::{NF_ACCEPT, NF_DROP, NF_QUEUE};
 use rustables_macros::{nfnetlink_enum, nfnetlink_struct};
 
 use crate::sys::{
-    NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, NFT_BREAK, NFT_CONTINUE, NFT_GOTO, NFT_JUMP, NFT_RETURN,
+    NFT_BREAK, NFT_CONTINUE, NFT_GOTO, NFT_JUMP, NFT_RETURN, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
 };
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq, Hash)]

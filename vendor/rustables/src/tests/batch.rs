@@ -3,9 +3,9 @@ use std::mem::size_of;
 use libc::{AF_UNSPEC, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST};
 use nix::libc::NFNL_MSG_BATCH_END;
 
-use crate::nlmsg::{pad_netlink_object_with_variable_size, NfNetlinkDeserializable};
-use crate::parser::{parse_nlmsg, NlMsg};
-use crate::sys::{nfgenmsg, nlmsghdr, NFNETLINK_V0, NFNL_SUBSYS_NFTABLES, NLM_F_ACK};
+use crate::nlmsg::{NfNetlinkDeserializable, pad_netlink_object_with_variable_size};
+use crate::parser::{NlMsg, parse_nlmsg};
+use crate::sys::{NFNETLINK_V0, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, nfgenmsg, nlmsghdr};
 use crate::{Batch, MsgType, Table};
 
 use super::get_test_table;

@@ -1,15 +1,15 @@
 use crate::{
+    ChainType, Hook, HookClass, MsgType,
     nlmsg::get_operation_from_nlmsghdr_type,
     sys::{
-        NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE, NFTA_CHAIN_USERDATA,
-        NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFT_MSG_DELCHAIN, NFT_MSG_NEWCHAIN,
+        NFT_MSG_DELCHAIN, NFT_MSG_NEWCHAIN, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE,
+        NFTA_CHAIN_TYPE, NFTA_CHAIN_USERDATA, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY,
     },
-    ChainType, Hook, HookClass, MsgType,
 };
 
 use super::{
-    get_test_chain, get_test_nlmsg, get_test_nlmsg_with_msg_type, NetlinkExpr, CHAIN_NAME,
-    CHAIN_USERDATA, TABLE_NAME,
+    CHAIN_NAME, CHAIN_USERDATA, NetlinkExpr, TABLE_NAME, get_test_chain, get_test_nlmsg,
+    get_test_nlmsg_with_msg_type,
 };
 
 #[test]

@@ -10,8 +10,8 @@ use crate::{
     expr::{
         Bitwise, ConnTrackStatus, Conntrack, ConntrackKey, Dynset, DynsetOp, ExpressionRaw,
         ExpressionVariant, Fib, FibResult, ICMP_PORT_UNREACH, IcmpCode, Lookup, Masquerade,
-        NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM_FULLY, Nat, NatType, Numgen,
-        NumgenType, Payload, RawExpression, Register, Reject, RejectType, Verdict, VerdictKind,
+        NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM_FULLY, Nat, NatType, Numgen, NumgenType,
+        Payload, RawExpression, Register, Reject, RejectType, Verdict, VerdictKind,
     },
     nlmsg::{NfNetlinkAttribute, NfNetlinkDeserializable},
     set::{Set, SetElement, SetElementList, split_set_elements},
@@ -327,18 +327,20 @@ fn verdict_map_set_is_valid() {
     let (_hdr, _nfgenmsg, raw) = get_test_nlmsg(&mut buf, &mut set);
     assert_eq!(
         sorted_attrs(raw),
-        sorted_attrs(&NetlinkExpr::List(vec![
-            NetlinkExpr::Final(NFTA_SET_TABLE, TABLE_NAME.as_bytes().to_vec()),
-            NetlinkExpr::Final(NFTA_SET_NAME, SET_NAME.as_bytes().to_vec()),
-            NetlinkExpr::Final(NFTA_SET_FLAGS, be32(NFT_SET_MAP)),
-            NetlinkExpr::Final(NFTA_SET_KEY_TYPE, be32(7 << 12 | 12 << 6 | 13)),
-            NetlinkExpr::Final(NFTA_SET_KEY_LEN, be32(12)),
-            NetlinkExpr::Final(NFTA_SET_ID, be32(id)),
-            // NFTNL_UDATA_SET_COMMENT (7), length 4, "svc\0"
-            NetlinkExpr::Final(NFTA_SET_USERDATA, vec![7, 4, b's', b'v', b'c', 0]),
-            NetlinkExpr::Final(NFTA_SET_DATA_TYPE, be32(NFT_DATA_VERDICT)),
-        ])
-        .to_raw())
+        sorted_attrs(
+            &NetlinkExpr::List(vec![
+                NetlinkExpr::Final(NFTA_SET_TABLE, TABLE_NAME.as_bytes().to_vec()),
+                NetlinkExpr::Final(NFTA_SET_NAME, SET_NAME.as_bytes().to_vec()),
+                NetlinkExpr::Final(NFTA_SET_FLAGS, be32(NFT_SET_MAP)),
+                NetlinkExpr::Final(NFTA_SET_KEY_TYPE, be32(7 << 12 | 12 << 6 | 13)),
+                NetlinkExpr::Final(NFTA_SET_KEY_LEN, be32(12)),
+                NetlinkExpr::Final(NFTA_SET_ID, be32(id)),
+                // NFTNL_UDATA_SET_COMMENT (7), length 4, "svc\0"
+                NetlinkExpr::Final(NFTA_SET_USERDATA, vec![7, 4, b's', b'v', b'c', 0]),
+                NetlinkExpr::Final(NFTA_SET_DATA_TYPE, be32(NFT_DATA_VERDICT)),
+            ])
+            .to_raw()
+        )
     );
     assert_eq!(set.get_comment().as_deref(), Some("svc"));
 
@@ -404,10 +406,7 @@ fn set_element_with_verdict_and_timeout_is_valid() {
                                 ]
                             )]
                         ),
-                        NetlinkExpr::Final(
-                            NFTA_SET_ELEM_TIMEOUT,
-                            60_000u64.to_be_bytes().to_vec()
-                        ),
+                        NetlinkExpr::Final(NFTA_SET_ELEM_TIMEOUT, 60_000u64.to_be_bytes().to_vec()),
                     ]
                 )]
             ),
@@ -434,10 +433,7 @@ fn value_map_element_is_valid() {
     let e = SetElement::new(vec![1, 2, 3, 4])
         .with_value(concat_bytes(&[&[10, 1, 0, 2], &8080u16.to_be_bytes()]))
         .with_comment("x");
-    assert_eq!(
-        e.value_bytes(),
-        Some(&vec![10, 1, 0, 2, 0x1f, 0x90, 0, 0])
-    );
+    assert_eq!(e.value_bytes(), Some(&vec![10, 1, 0, 2, 0x1f, 0x90, 0, 0]));
     assert_eq!(e.verdict(), None);
     assert_eq!(e.get_comment().as_deref(), Some("x"));
 }
@@ -475,7 +471,10 @@ fn rule_and_chain_comments() {
     let mut expected = vec![0u8, 23];
     expected.extend_from_slice(b"endpoint 10.1.0.2:8080\0");
     assert_eq!(rule.get_userdata(), Some(&expected));
-    assert_eq!(rule.get_comment().as_deref(), Some("endpoint 10.1.0.2:8080"));
+    assert_eq!(
+        rule.get_comment().as_deref(),
+        Some("endpoint 10.1.0.2:8080")
+    );
 
     let chain = super::get_test_chain().with_comment("c");
     assert_eq!(chain.get_userdata(), Some(&vec![0u8, 2, b'c', 0]));
@@ -499,13 +498,9 @@ fn undecodable_expressions_do_not_fail_the_rule() {
         .to_raw(),
     );
     let mut rule = get_test_rule()
-        .with_expr(
-            RawExpression::default()
-                .with_name("lookup")
-                .with_data(ExpressionVariant::ExpressionRaw(ExpressionRaw::new(
-                    bad_lookup.clone(),
-                ))),
-        )
+        .with_expr(RawExpression::default().with_name("lookup").with_data(
+            ExpressionVariant::ExpressionRaw(ExpressionRaw::new(bad_lookup.clone())),
+        ))
         .with_expr(
             RawExpression::default()
                 .with_name("quota")

@@ -5,9 +5,9 @@ use crate::set::{Set, SetBuilder};
 use crate::{Chain, MsgType, ProtocolFamily, Rule, Table, sys::*};
 
 mod batch;
-mod kube;
 mod chain;
 mod expr;
+mod kube;
 mod rule;
 mod set;
 mod table;

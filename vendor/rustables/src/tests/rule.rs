@@ -1,15 +1,15 @@
 use crate::{
+    MsgType,
     nlmsg::get_operation_from_nlmsghdr_type,
     sys::{
-        NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_POSITION, NFTA_RULE_TABLE, NFTA_RULE_USERDATA,
-        NFT_MSG_DELRULE, NFT_MSG_NEWRULE,
+        NFT_MSG_DELRULE, NFT_MSG_NEWRULE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_POSITION,
+        NFTA_RULE_TABLE, NFTA_RULE_USERDATA,
     },
-    MsgType,
 };
 
 use super::{
-    get_test_nlmsg, get_test_nlmsg_with_msg_type, get_test_rule, NetlinkExpr, CHAIN_NAME,
-    RULE_USERDATA, TABLE_NAME,
+    CHAIN_NAME, NetlinkExpr, RULE_USERDATA, TABLE_NAME, get_test_nlmsg,
+    get_test_nlmsg_with_msg_type, get_test_rule,
 };
 
 #[test]

@@ -1,23 +1,22 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::{
+    MsgType, Set,
     data_type::DataType,
     error::DecodeError,
-    nlmsg::{get_operation_from_nlmsghdr_type, NfNetlinkDeserializable},
+    nlmsg::{NfNetlinkDeserializable, get_operation_from_nlmsghdr_type},
     set::SetBuilder,
     sys::{
-        NFTA_DATA_VALUE, NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
-        NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE,
-        NFTA_SET_ELEM_LIST_SET_ID, NFTA_SET_ID, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_SET_USERDATA,
-        NFT_MSG_DELSET, NFT_MSG_NEWSET,
-        NFT_MSG_NEWSETELEM,
+        NFT_MSG_DELSET, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
+        NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+        NFTA_SET_ELEM_LIST_SET_ID, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ID, NFTA_SET_KEY_LEN,
+        NFTA_SET_KEY_TYPE, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_SET_USERDATA,
     },
-    MsgType, Set,
 };
 
 use super::{
-    get_test_nlmsg, get_test_nlmsg_with_msg_type, get_test_set, get_test_table, NetlinkExpr,
-    SET_NAME, SET_USERDATA, TABLE_NAME,
+    NetlinkExpr, SET_NAME, SET_USERDATA, TABLE_NAME, get_test_nlmsg, get_test_nlmsg_with_msg_type,
+    get_test_set, get_test_table,
 };
 
 #[test]

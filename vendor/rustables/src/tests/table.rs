@@ -1,12 +1,12 @@
 use crate::{
-    nlmsg::{get_operation_from_nlmsghdr_type, nft_nlmsg_maxsize, NfNetlinkDeserializable},
-    sys::{NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE},
     MsgType, Table,
+    nlmsg::{NfNetlinkDeserializable, get_operation_from_nlmsghdr_type, nft_nlmsg_maxsize},
+    sys::{NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE},
 };
 
 use super::{
-    get_test_nlmsg, get_test_nlmsg_with_msg_type, get_test_table, get_test_table_raw_expr,
-    get_test_table_with_userdata_raw_expr, TABLE_USERDATA,
+    TABLE_USERDATA, get_test_nlmsg, get_test_nlmsg_with_msg_type, get_test_table,
+    get_test_table_raw_expr, get_test_table_with_userdata_raw_expr,
 };
 
 #[test]
