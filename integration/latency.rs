@@ -1,0 +1,182 @@
+//! Network-programming latency of the agent (issue figures, not a pass/fail test; run with
+//! `cargo test --release --test latency -- --ignored --nocapture`).
+//!
+//! The agent's own code (watchers, reflectors, reconcile loop, netlink sink) runs in this
+//! process against the fake API server; its kernel writes happen on a thread that entered a
+//! network namespace made for the run. A driver changes one EndpointSlice every 10 ms
+//! (100 changes per second); each change's latency is measured from its arrival at the
+//! watcher to the end of the kernel transaction that carried it.
+
+mod support;
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube_nftproxy::nft::netlink;
+use kube_nftproxy::options::Options;
+use kube_nftproxy::reconcile::{self, Sink, Timing};
+use kube_nftproxy::ruleset::ir::Ruleset;
+use kube_nftproxy::ruleset::tx::Transaction;
+use kube_nftproxy::watch::{self, Changes, EndpointsApi};
+use serde_json::{json, Value};
+use support::fakeapi::FakeApi;
+use support::*;
+
+type Job = (Transaction, Ruleset, mpsc::Sender<Result<(), String>>);
+
+/// Applies transactions on a thread inside the test namespace.
+struct NetnsSink {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl NetnsSink {
+    fn new(ns: &Netns) -> NetnsSink {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            ns.run_in(move || {
+                for (t, rs, reply) in rx {
+                    let r = netlink::apply(&t, &netlink::SetDecls::from_ruleset(&rs))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(r);
+                }
+            })
+        });
+        NetnsSink { jobs: tx }
+    }
+}
+
+impl Sink for NetnsSink {
+    fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
+        let (reply, rx) = mpsc::channel();
+        self.jobs
+            .send((tx.clone(), desired.clone(), reply))
+            .map_err(|e| e.to_string())?;
+        rx.recv().map_err(|e| e.to_string())?
+    }
+}
+
+fn slice(i: usize, round: usize) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("svc-{i}-abcde"), "namespace": format!("ns-{}", i % 100),
+                     "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+        "addressType": "IPv4",
+        "endpoints": (0..10).map(|e| json!({
+            "addresses": [format!("10.{}.{}.{}", 128 + (round % 100), (i >> 8) & 0xff, (i & 0xff) ^ e)],
+            "conditions": {"ready": true}, "nodeName": "node-b"
+        })).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn measure(services: usize) {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::create(&format!("kntp-{}-latency", random_id()), "latency").unwrap();
+    let api = FakeApi::start();
+    api.apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}}));
+    for i in 0..services {
+        api.apply(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % 100)},
+            "spec": {"clusterIP": format!("10.96.{}.{}", (i + 1) >> 8, (i + 1) & 0xff),
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }));
+        api.apply(&slice(i, 0));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async { api.client() });
+    let changes = Arc::new(Changes::default());
+    let opts = Options {
+        hostname: "node-a".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Options::default()
+    };
+    let timing = Timing {
+        min_sync_period: Duration::ZERO,
+        sync_period: Duration::from_secs(3600),
+    };
+    let (report_tx, report_rx) = mpsc::channel::<reconcile::SyncReport>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink = NetnsSink::new(&ns);
+    let agent = rt.spawn(async move {
+        let stores =
+            watch::start(&client, "node-a", EndpointsApi::Auto, changes.clone()).await;
+        reconcile::run(
+            stores,
+            changes,
+            opts,
+            timing,
+            sink,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |r| {
+                let _ = report_tx.send(r.clone());
+            },
+        )
+        .await;
+    });
+    let first = report_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("first sync");
+    println!(
+        "{services} Services x 10 endpoints: first (full) sync {:.0} ms",
+        first.elapsed.as_secs_f64() * 1000.0
+    );
+    let churn = 1000;
+    let start = Instant::now();
+    for round in 0..churn {
+        let due = start + Duration::from_millis(10 * round as u64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        api.apply(&slice((round * 7919) % services, round + 1));
+    }
+    let mut latencies = Vec::new();
+    let mut syncs = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latencies.len() < churn && Instant::now() < deadline {
+        if let Ok(r) = report_rx.recv_timeout(Duration::from_secs(1)) {
+            syncs += 1;
+            latencies.extend(r.latencies);
+        }
+    }
+    let _ = stop_tx.send(());
+    rt.block_on(agent).unwrap();
+    latencies.sort();
+    assert!(!latencies.is_empty(), "no change was programmed");
+    println!(
+        "  {} changes at 100/s in {} syncs: latency median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        syncs,
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        latencies.last().unwrap().as_secs_f64() * 1000.0
+    );
+}
+
+#[test]
+#[ignore = "a benchmark; run explicitly with --release --ignored --nocapture"]
+fn latency_1k_services() {
+    measure(1000);
+}
+
+#[test]
+#[ignore = "a benchmark; run explicitly with --release --ignored --nocapture"]
+fn latency_10k_services() {
+    measure(10_000);
+}
