@@ -82,8 +82,10 @@ fn measure(services: usize) {
     }
     let ns = Netns::create(&format!("kntp-{}-latency", random_id()), "latency").unwrap();
     let api = FakeApi::start();
-    api.apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}}));
+    api.apply(
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}}),
+    );
     for i in 0..services {
         api.apply(&json!({
             "apiVersion": "v1", "kind": "Service",
@@ -113,8 +115,7 @@ fn measure(services: usize) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sink = NetnsSink::new(&ns);
     let agent = rt.spawn(async move {
-        let stores =
-            watch::start(&client, "node-a", EndpointsApi::Auto, changes.clone()).await;
+        let stores = watch::start(&client, "node-a", EndpointsApi::Auto, changes.clone()).await;
         reconcile::run(
             stores,
             changes,
@@ -179,4 +180,67 @@ fn latency_1k_services() {
 #[ignore = "a benchmark; run explicitly with --release --ignored --nocapture"]
 fn latency_10k_services() {
     measure(10_000);
+}
+
+/// Peak RSS of the agent binary holding 10,000 Services × 10 endpoints (dry-run, so it can
+/// run in this namespace; the kernel sink adds only the transaction being sent).
+#[test]
+#[ignore = "a benchmark; run explicitly with --release --ignored --nocapture"]
+fn agent_rss_10k_services() {
+    use std::io::{BufRead, BufReader};
+    let services = 10_000;
+    let api = FakeApi::start();
+    api.apply(
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}}),
+    );
+    for i in 0..services {
+        api.apply(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % 100)},
+            "spec": {"clusterIP": format!("10.96.{}.{}", (i + 1) >> 8, (i + 1) & 0xff),
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }));
+        api.apply(&slice(i, 0));
+    }
+    let kc = api.kubeconfig_file();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .args([
+            "run",
+            "--dry-run",
+            "--hostname-override=node-a",
+            "--min-sync-period=0",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("full sync"), "{first}");
+    // Some churn, so the figure includes steady-state syncs, not just the first one.
+    std::thread::spawn(move || for _ in lines {});
+    for round in 0..200 {
+        api.apply(&slice((round * 7919) % services, round + 1));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l.to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "agent at {services} Services x 10 endpoints: {} / {}",
+        field("VmHWM"),
+        field("VmRSS")
+    );
 }
