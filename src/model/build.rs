@@ -27,7 +27,7 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
     if node.is_none() && !objects.nodes.is_empty() {
         notes.push(Skipped {
             object: format!("Node {}", opts.hostname),
-            reason: "not found in the input; node IPs and zone are unknown".into(),
+            reason: "this node is not in the input (pick one with --hostname-override); its IPs and zone are unknown, so NodePorts get no addresses".into(),
         });
     }
     let node_ips = if opts.node_ips.is_empty() {
