@@ -108,11 +108,15 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
         } else {
             None
         };
+        let first_port = ports
+            .first()
+            .map(|p| p.port_name.clone())
+            .unwrap_or_default();
         for mut sp in ports {
             sp.endpoints = if legacy.is_some() {
                 legacy_endpoints(legacy, &sp, &opts.hostname, &mut notes)
             } else {
-                slice_endpoints(svc_slices, &sp, &opts.hostname, &mut notes)
+                slice_endpoints(svc_slices, &sp, &first_port, &opts.hostname, &mut notes)
             };
             services.push(sp);
         }
@@ -498,6 +502,7 @@ fn add_endpoint(list: &mut Vec<Endpoint>, ep: Endpoint, what: &str, notes: &mut 
 fn slice_endpoints(
     slices: &[&EndpointSlice],
     sp: &ServicePort,
+    first_port_name: &str,
     node: &str,
     notes: &mut Vec<Skipped>,
 ) -> Vec<Endpoint> {
@@ -526,6 +531,19 @@ fn slice_endpoints(
             continue;
         };
         let want_v6 = s.address_type == "IPv6";
+        if !sp.cluster_ips.iter().any(|ip| ip.is_ipv6() == want_v6) {
+            // Only noted once per slice: the first port of the Service reports it.
+            if sp.port_name == first_port_name {
+                notes.push(skip(
+                    &what,
+                    &format!(
+                        "{} endpoints for a Service without an {} cluster IP; ignored",
+                        s.address_type, s.address_type
+                    ),
+                ));
+            }
+            continue;
+        }
         for e in &s.endpoints {
             let Some(addr) = e.addresses.first() else {
                 continue;
