@@ -27,6 +27,7 @@ pub mod fakeapi;
 mod netns;
 mod sys;
 
+#[allow(unused_imports)]
 pub use cluster::*;
 #[allow(unused_imports)]
 pub use netns::*;
