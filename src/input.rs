@@ -166,17 +166,20 @@ impl ClusterObjects {
 
     /// Puts every list in a canonical order so that input order never changes the output.
     pub fn sort(&mut self) {
-        fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-            (
-                m.namespace.clone().unwrap_or_default(),
-                m.name.clone().unwrap_or_default(),
-            )
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        // Borrowed keys: sorting must not allocate per comparison (20k objects per sync).
+        fn by_key<T>(v: &mut [Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) {
+            v.sort_by(|a, b| {
+                let (a, b) = (meta(a), meta(b));
+                (a.namespace.as_deref(), a.name.as_deref())
+                    .cmp(&(b.namespace.as_deref(), b.name.as_deref()))
+            });
         }
-        self.services.sort_by_key(|o| key(&o.metadata));
-        self.endpoint_slices.sort_by_key(|o| key(&o.metadata));
-        self.endpoints.sort_by_key(|o| key(&o.metadata));
-        self.nodes.sort_by_key(|o| key(&o.metadata));
-        self.service_cidrs.sort_by_key(|o| key(&o.metadata));
+        by_key(&mut self.services, |o| &o.metadata);
+        by_key(&mut self.endpoint_slices, |o| &o.metadata);
+        by_key(&mut self.endpoints, |o| &o.metadata);
+        by_key(&mut self.nodes, |o| &o.metadata);
+        by_key(&mut self.service_cidrs, |o| &o.metadata);
     }
 }
 

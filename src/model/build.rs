@@ -586,7 +586,7 @@ fn slice_endpoints(
             add_endpoint(&mut out, ep, &what, notes);
         }
     }
-    out.sort_by_key(Endpoint::sort_key);
+    out.sort_by_cached_key(Endpoint::sort_key);
     out
 }
 
@@ -636,7 +636,7 @@ fn legacy_endpoints(
             }
         }
     }
-    out.sort_by_key(Endpoint::sort_key);
+    out.sort_by_cached_key(Endpoint::sort_key);
     out
 }
 
