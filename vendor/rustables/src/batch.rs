@@ -26,8 +26,14 @@ impl Batch {
     ///
     /// [default page size]: fn.default_batch_page_size.html
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// Like [`Batch::new`], with room for about `bytes` of messages up front. A batch of
+    /// tens of megabytes otherwise grows by repeated reallocation and copying.
+    pub fn with_capacity(bytes: usize) -> Self {
         // TODO: use a pinned Box ?
-        let size = default_batch_page_size() as usize;
+        let size = (default_batch_page_size() as usize).max(bytes);
         let mut buf = Box::new(Vec::with_capacity(size));
         // Safe because we hold onto the buffer for as long as `writer` exists
         let mut writer =
