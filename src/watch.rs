@@ -161,7 +161,15 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    // Fields the proxy never reads can be most of an object's size on a real server.
+    let slim = |o: &mut K| {
+        let md = o.meta_mut();
+        md.managed_fields = None;
+        if let Some(a) = md.annotations.as_mut() {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    };
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(slim));
     tokio::spawn(async move {
         stream
             .for_each(|ev| {
