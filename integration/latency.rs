@@ -76,15 +76,8 @@ fn slice(i: usize, round: usize) -> Value {
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn measure(services: usize) {
-    if !require_root_and_tools() {
-        return;
-    }
-    let ns = Netns::create(&format!("kntp-{}-latency", random_id()), "latency").unwrap();
+/// A fake API server holding node-a and `services` Services with 10 endpoints each.
+fn preloaded(services: usize) -> FakeApi {
     let api = FakeApi::start();
     api.apply(
         &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
@@ -99,6 +92,19 @@ fn measure(services: usize) {
         }));
         api.apply(&slice(i, 0));
     }
+    api
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn measure(services: usize) {
+    if !require_root_and_tools() {
+        return;
+    }
+    let ns = Netns::create(&format!("kntp-{}-latency", random_id()), "latency").unwrap();
+    let api = preloaded(services);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -193,20 +199,7 @@ fn latency_10k_services() {
 fn agent_rss_10k_services() {
     use std::io::{BufRead, BufReader};
     let services = 10_000;
-    let api = FakeApi::start();
-    api.apply(
-        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}}),
-    );
-    for i in 0..services {
-        api.apply(&json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % 100)},
-            "spec": {"clusterIP": format!("10.96.{}.{}", (i + 1) >> 8, (i + 1) & 0xff),
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
-        }));
-        api.apply(&slice(i, 0));
-    }
+    let api = preloaded(services);
     let kc = api.kubeconfig_file();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
         .args([

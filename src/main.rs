@@ -277,36 +277,22 @@ async fn agent(
             );
         }
     };
-    match dry_run {
-        Some(mode) => {
-            let sink = DryRun {
-                full_ruleset: mode == DryRunMode::Full,
-            };
-            reconcile::run(
-                stores,
-                changes,
-                opts,
-                timing,
-                sink,
-                shutdown_signal(),
-                log_sync,
-            )
-            .await
-        }
-        None => {
-            let sink = apply::KernelSink;
-            reconcile::run(
-                stores,
-                changes,
-                opts,
-                timing,
-                sink,
-                shutdown_signal(),
-                log_sync,
-            )
-            .await
-        }
-    }
+    let sink: Box<dyn reconcile::Sink> = match dry_run {
+        Some(mode) => Box::new(DryRun {
+            full_ruleset: mode == DryRunMode::Full,
+        }),
+        None => Box::new(apply::KernelSink),
+    };
+    reconcile::run(
+        stores,
+        changes,
+        opts,
+        timing,
+        sink,
+        shutdown_signal(),
+        log_sync,
+    )
+    .await;
     Ok(())
 }
 

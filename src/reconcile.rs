@@ -24,6 +24,16 @@ pub trait Sink: Send {
     fn after_apply(&mut self, _old: Option<&Model>, _new: &Model) {}
 }
 
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
+        (**self).apply(tx, desired)
+    }
+
+    fn after_apply(&mut self, old: Option<&Model>, new: &Model) {
+        (**self).after_apply(old, new)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     /// `--min-sync-period`: at most one sync per this period.
