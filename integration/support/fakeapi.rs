@@ -194,6 +194,8 @@ struct State {
     delay: Duration,
     fail_lists: u32,
     fail_lists_code: u16,
+    /// Per-resource list failures (plural -> remaining), HTTP 500.
+    fail_lists_of: HashMap<String, u32>,
     fail_watches: u32,
     bookmark_interval: Option<Duration>,
     serve_endpointslices: bool,
@@ -231,13 +233,49 @@ pub struct FakeApi {
     shared: Arc<Shared>,
     server: Mutex<Option<ServerThread>>,
     kubeconfig: Mutex<Option<PathBuf>>,
+    /// Network namespace (harness name) the listener lives in; None: the
+    /// test process's own.
+    netns: Option<String>,
+}
+
+/// Binds `127.0.0.1:port` in the named network namespace (None: the calling
+/// thread's). A socket stays in the namespace it was created in, so only the
+/// bind happens on a thread that entered the namespace; the server thread
+/// itself and the back door stay in the test process's namespace.
+fn bind_loopback(netns: Option<&str>, port: u16) -> std::io::Result<std::net::TcpListener> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    match netns {
+        None => std::net::TcpListener::bind(addr),
+        Some(name) => std::thread::scope(|s| {
+            s.spawn(|| {
+                super::sys::enter_netns(name)?;
+                std::net::TcpListener::bind(addr)
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        }),
+    }
 }
 
 impl FakeApi {
     /// Starts the server on `127.0.0.1:0` in its own thread + tokio runtime,
     /// so it works from sync and async tests alike.
     pub fn start() -> FakeApi {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        FakeApi::start_with(None)
+    }
+
+    /// Like [`Self::start`], but the listener is `127.0.0.1:<port>` inside
+    /// the harness network namespace `netns` (e.g. `cluster.node().name()`),
+    /// so a process running in that namespace (the agent) reaches it through
+    /// [`Self::kubeconfig_file`]; the test process itself cannot connect
+    /// (use the back door). [`Self::restart`] rebinds in the same namespace.
+    pub fn start_in_netns(netns: &str) -> FakeApi {
+        FakeApi::start_with(Some(netns.to_string()))
+    }
+
+    fn start_with(netns: Option<String>) -> FakeApi {
+        let listener = bind_loopback(netns.as_deref(), 0)
+            .unwrap_or_else(|e| panic!("fakeapi: bind 127.0.0.1:0 (netns {netns:?}): {e}"));
         let port = listener.local_addr().unwrap().port();
         let (signal, _) = tokio::sync::watch::channel(0u64);
         let shared = Arc::new(Shared {
@@ -249,6 +287,7 @@ impl FakeApi {
                 delay: Duration::ZERO,
                 fail_lists: 0,
                 fail_lists_code: 500,
+                fail_lists_of: HashMap::new(),
                 fail_watches: 0,
                 bookmark_interval: Some(Duration::from_secs(1)),
                 serve_endpointslices: true,
@@ -266,6 +305,7 @@ impl FakeApi {
             shared,
             server: Mutex::new(Some(server)),
             kubeconfig: Mutex::new(None),
+            netns,
         }
     }
 
@@ -285,10 +325,13 @@ impl FakeApi {
         if let Some(p) = &*kc {
             return p.clone();
         }
+        // Servers in different namespaces can share a port number: the name
+        // also carries a random part.
         let path = std::env::temp_dir().join(format!(
-            "kntp-fakeapi-{}-{}.kubeconfig",
+            "kntp-fakeapi-{}-{}-{}.kubeconfig",
             std::process::id(),
-            self.shared.port
+            self.shared.port,
+            super::random_id()
         ));
         let yaml = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
@@ -418,6 +461,16 @@ impl FakeApi {
         st.fail_lists_code = code;
     }
 
+    /// The next `n` list requests on resource `plural` (e.g.
+    /// `endpointslices`) fail with HTTP 500; lists of other resources are
+    /// unaffected. `0` ends an earlier setting.
+    pub fn fail_lists_of(&self, plural: &str, n: u32) {
+        self.shared
+            .lock()
+            .fail_lists_of
+            .insert(plural.to_string(), n);
+    }
+
     /// The next `n` watch requests fail with HTTP 500 before the stream
     /// starts (kube: `WatchStartFailed`, retried without relist).
     pub fn fail_watches(&self, n: u32) {
@@ -461,7 +514,8 @@ impl FakeApi {
         }
     }
 
-    /// Listens again on the same port with the same state. No-op if running.
+    /// Listens again on the same port (in the same network namespace) with
+    /// the same state. No-op if running.
     pub fn restart(&self) {
         let mut server = self.server.lock().unwrap();
         if server.is_some() {
@@ -470,7 +524,7 @@ impl FakeApi {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.shared.port));
         let mut tries = 0;
         let listener = loop {
-            match std::net::TcpListener::bind(addr) {
+            match bind_loopback(self.netns.as_deref(), self.shared.port) {
                 Ok(l) => break l,
                 Err(e) if tries < 50 => {
                     tries += 1;
@@ -1289,6 +1343,12 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<(u16
     if st.fail_lists > 0 {
         st.fail_lists -= 1;
         return Err((st.fail_lists_code, "fakeapi: injected list failure".into()));
+    }
+    if let Some(n) = st.fail_lists_of.get_mut(RESOURCES[t.idx].plural) {
+        if *n > 0 {
+            *n -= 1;
+            return Err((500, "fakeapi: injected list failure".into()));
+        }
     }
     let limit: usize = match q.get("limit").map(|l| l.parse::<i64>()) {
         None => 0,
