@@ -1201,9 +1201,6 @@ fn endpoints_api_auto_falls_back_to_v1_endpoints() {
 /// conntrack table against the current endpoints on every sync since v1.31). Without it
 /// the flow keeps going to the removed endpoint for as long as the client keeps sending.
 #[test]
-#[ignore = "known bug: KernelSink::after_apply skips conntrack cleanup on the first sync \
-            (old model is None), so flows whose endpoint changed while the agent was down \
-            stay stale"]
 fn udp_flow_moves_after_an_agent_restart() {
     if !require_root_and_tools() {
         return;

@@ -134,7 +134,17 @@ impl crate::reconcile::Sink for KernelSink {
     }
 
     fn after_apply(&mut self, old: Option<&crate::model::Model>, new: &crate::model::Model) {
-        let Some(old) = old else { return };
+        let Some(old) = old else {
+            // First sync of this process: endpoints may have changed while no agent ran.
+            match crate::conntrack::delete_stale_flows(new) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(deleted = n, "removed stale UDP conntrack entries at start")
+                }
+                Err(e) => tracing::warn!(error = %e, "conntrack cleanup at start failed"),
+            }
+            return;
+        };
         let flows = crate::conntrack::stale_flows(old, new);
         if flows.is_empty() {
             return;

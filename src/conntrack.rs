@@ -715,24 +715,80 @@ pub fn delete_flows(filters: &[FlowFilter]) -> Result<usize, ConntrackError> {
         return Ok(0);
     }
     let mut sock = Socket::open()?;
-    let mut deleted = 0;
-    let mut failed = 0;
-    let mut first = None;
+    let mut entries = Vec::new();
     for family in [Family::V4, Family::V6] {
         let fs: Vec<&FlowFilter> = filters.iter().filter(|f| f.family == family).collect();
         if fs.is_empty() {
             continue;
         }
         // Dump first, delete afterwards: the socket cannot take requests mid-dump.
-        let entries = sock.dump_matching(family, &fs)?;
-        for e in &entries {
-            match sock.delete(e)? {
-                Ok(true) => deleted += 1,
-                Ok(false) => {}
-                Err(err) => {
-                    failed += 1;
-                    first.get_or_insert(err);
+        entries.extend(sock.dump_matching(family, &fs)?);
+    }
+    delete_entries(&mut sock, &entries)
+}
+
+/// The full check for a start-up, when no previous model is known (the agent restarted
+/// while endpoints changed): deletes every UDP flow to a Service VIP or NodePort of `m`
+/// whose reply source is not one of that port's serving endpoints now, including flows
+/// never DNATed because the port had no endpoint when they began. Returns the count.
+pub fn delete_stale_flows(m: &Model) -> Result<usize, ConntrackError> {
+    let mut serving: BTreeMap<(Family, Target), BTreeSet<IpAddr>> = BTreeMap::new();
+    for sp in udp_ports(m).into_values() {
+        for (family, side) in sides(sp) {
+            if side.endpoints.is_empty() {
+                continue;
+            }
+            for t in side.targets {
+                serving
+                    .entry((family, t))
+                    .or_default()
+                    .extend(side.endpoints.iter().map(|(ip, _)| *ip));
+            }
+        }
+    }
+    if serving.is_empty() {
+        return Ok(0);
+    }
+    let mut sock = Socket::open()?;
+    let mut stale = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let all_udp = FlowFilter {
+            family,
+            proto: Proto::Udp,
+            orig_dst: None,
+            orig_dst_port: None,
+            reply_src: None,
+        };
+        for e in sock.dump_matching(family, &[&all_udp])? {
+            let Some(port) = e.orig.dst_port else {
+                continue;
+            };
+            let allowed = e
+                .orig
+                .dst
+                .and_then(|ip| serving.get(&(family, Target::Vip(ip, port))))
+                .or_else(|| serving.get(&(family, Target::NodePort(port))));
+            if let Some(allowed) = allowed {
+                if !e.reply.src.is_some_and(|src| allowed.contains(&src)) {
+                    stale.push(e);
                 }
+            }
+        }
+    }
+    delete_entries(&mut sock, &stale)
+}
+
+fn delete_entries(sock: &mut Socket, entries: &[Entry]) -> Result<usize, ConntrackError> {
+    let mut deleted = 0;
+    let mut failed = 0;
+    let mut first = None;
+    for e in entries {
+        match sock.delete(e)? {
+            Ok(true) => deleted += 1,
+            Ok(false) => {}
+            Err(err) => {
+                failed += 1;
+                first.get_or_insert(err);
             }
         }
     }

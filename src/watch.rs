@@ -125,7 +125,8 @@ impl Stores {
     }
 }
 
-/// Whether the server serves this kind (a 404 on a one-item list means it does not).
+/// Whether the server serves this kind and lets us list it (a 404 or 403 on a one-item list
+/// means no; other errors mean the server is not answering yet and are retried).
 async fn served<K>(client: &Client) -> bool
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -144,7 +145,11 @@ where
     loop {
         match api.list_metadata(&ListParams::default().limit(1)).await {
             Ok(_) => return true,
-            Err(kube::Error::Api(e)) if e.code == 404 => return false,
+            // Not served, or not allowed by our RBAC: either way not usable.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => {
+                tracing::info!(code = e.code, reason = %e.reason, "API not usable; not watching it");
+                return false;
+            }
             Err(e) => {
                 // The server is not answering yet; the agent must not start without knowing.
                 tracing::warn!(error = %e, "discovery request failed; retrying");
