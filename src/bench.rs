@@ -114,6 +114,7 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
     delete_ours()?;
     let t = Instant::now();
     let tx = diff::full(&rs);
+    let plan = t.elapsed();
     let stats = netlink::apply(&tx, &netlink::SetDecls::from_ruleset(&rs))?;
     let cold_netlink = t.elapsed();
     delete_ours()?;
@@ -245,10 +246,11 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
     );
     let _ = writeln!(
         out,
-        "  cold start over netlink: {:.1} ms ({} messages, {} KB; build {:.1} ms, kernel {:.1} ms)",
+        "  cold start over netlink: {:.1} ms ({} messages, {} KB; transaction {:.1} ms, build {:.1} ms, kernel {:.1} ms)",
         ms(cold_netlink),
         stats.messages,
         stats.bytes / 1024,
+        ms(plan),
         ms(stats.build),
         ms(stats.send)
     );
