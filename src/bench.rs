@@ -175,6 +175,47 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
             Some(Verdict::Drop),
         ),
     }])?;
+    let ten_rules = probe(
+        (0..10)
+            .map(|_| Op::AddRule {
+                family: fam,
+                table: tbl.clone(),
+                chain: "cluster-ips-check".into(),
+                rule: Rule::new(
+                    vec![Expr::AddrCmp {
+                        field: crate::ruleset::ir::Field::Saddr,
+                        op: crate::ruleset::ir::CmpOp::Eq,
+                        addr: ip,
+                        prefix_len: 32,
+                    }],
+                    Some(Verdict::Drop),
+                ),
+            })
+            .collect(),
+    )?;
+    let svc_chain = rs.tables[0]
+        .chains
+        .iter()
+        .find(|c| c.name.starts_with("service-") && c.name.contains('/'))
+        .cloned()
+        .ok_or_else(|| BenchError::Input("no service chain".into()))?;
+    let flush = probe(vec![Op::FlushChain {
+        family: fam,
+        table: tbl.clone(),
+        chain: svc_chain.name.clone(),
+    }])?;
+    let mut rewrite_ops = vec![Op::FlushChain {
+        family: fam,
+        table: tbl.clone(),
+        chain: svc_chain.name.clone(),
+    }];
+    rewrite_ops.extend(svc_chain.rules.iter().map(|r| Op::AddRule {
+        family: fam,
+        table: tbl.clone(),
+        chain: svc_chain.name.clone(),
+        rule: r.clone(),
+    }));
+    let rewrite = probe(rewrite_ops)?;
     let nat_rule = probe(vec![Op::AddRule {
         family: fam,
         table: tbl.clone(),
@@ -188,7 +229,7 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
             }),
         ),
     }])?;
-    let _ = writeln!(out, "  kernel commit by kind: plain element {:.2} ms, verdict element {:.2} ms, drop rule {:.2} ms, dnat rule {:.2} ms", ms(plain), ms(verdict), ms(drop_rule), ms(nat_rule));
+    let _ = writeln!(out, "  kernel commit by kind: plain element {:.2} ms, verdict element {:.2} ms, drop rule {:.2} ms, ten drop rules {:.2} ms, dnat rule {:.2} ms, flush of a Service chain {:.2} ms, its rewrite (flush + {} rules) {:.2} ms", ms(plain), ms(verdict), ms(drop_rule), ms(ten_rules), ms(nat_rule), ms(flush), svc_chain.rules.len(), ms(rewrite));
     delete_ours()?;
     netlink::apply(&tx, &netlink::SetDecls::from_ruleset(&rs))?;
 
