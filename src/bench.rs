@@ -204,11 +204,7 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
     netlink::apply(&tx, &netlink::SetDecls::from_ruleset(&rs))?;
 
     // Kernel commit cost by kind of change, on the loaded table.
-    let _ = writeln!(
-        out,
-        "  kernel commit by kind of change: {}",
-        kernel_costs(&rs)?
-    );
+    let costs = kernel_costs(&rs)?;
     delete_ours()?;
     netlink::apply(&tx, &netlink::SetDecls::from_ruleset(&rs))?;
 
@@ -264,6 +260,7 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
         "  render (parse + model + IR + text): {:.1} ms",
         ms(render)
     );
+    let _ = writeln!(out, "  kernel commit by kind of change: {costs}");
     let _ = writeln!(
         out,
         "  cold start over netlink: {:.1} ms ({} messages, {} KB; transaction {:.1} ms, build {:.1} ms, kernel {:.1} ms)",
