@@ -149,15 +149,30 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
             data: Some(ElementData::Verdict(Verdict::Goto(svc.name.clone()))),
         },
     )])?;
+    let plain_del = probe(vec![Op::DeleteElements {
+        family,
+        table: table.clone(),
+        set: "cluster-ips".into(),
+        elements: vec![Element {
+            key: vec![Value::Addr(ip)],
+            data: None,
+        }],
+    }])?;
     let one = probe(vec![drop_rule()])?;
     let ten = probe((0..10).map(|_| drop_rule()).collect())?;
+    let flushed_plain = probe(vec![Op::FlushChain {
+        family,
+        table: table.clone(),
+        chain: "cluster-ips-check".into(),
+    }])?;
     let flushed = probe(vec![flush()])?;
     let mut rewrite = vec![flush()];
     rewrite.extend(svc.rules.iter().map(|r| rule(&svc.name, r.clone())));
     let rewritten = probe(rewrite)?;
     Ok(format!(
-        "plain element {plain:.2} ms, verdict element {verdict:.2} ms, one rule {one:.2} ms, \
-         ten rules {ten:.2} ms, flush of a Service chain {flushed:.2} ms, \
+        "plain element {plain:.2} ms (delete {plain_del:.2} ms), verdict element {verdict:.2} ms, one rule {one:.2} ms, \
+         ten rules {ten:.2} ms, flush of 12 drop/reject rules {flushed_plain:.2} ms, \
+         flush of a Service chain (DNAT rules) {flushed:.2} ms, \
          flush + {} rules {rewritten:.2} ms",
         svc.rules.len()
     ))
