@@ -495,7 +495,8 @@ fn linked(j: u32) -> impl Strategy<Value = Vec<Value>> {
                         slice["metadata"]["labels"] = json!({ "kubernetes.io/service-name": name });
                     }
                 }
-                if how > 1 {
+                // A junk document may not be an object; IndexMut would panic on it.
+                if how > 1 && slice.is_object() {
                     slice["ports"] = copy_ports(target_port);
                 }
                 out.push(slice);
@@ -505,8 +506,8 @@ fn linked(j: u32) -> impl Strategy<Value = Vec<Value>> {
                     eps["metadata"]["namespace"] = ns.clone().unwrap_or(Value::Null);
                     eps["metadata"]["name"] = name.clone().unwrap_or(Value::Null);
                 }
-                if let Some(subsets) = eps["subsets"].as_array_mut() {
-                    for sub in subsets {
+                if let Some(subsets) = eps.get_mut("subsets").and_then(Value::as_array_mut) {
+                    for sub in subsets.iter_mut().filter(|s| s.is_object()) {
                         sub["ports"] = copy_ports(8080);
                     }
                 }
