@@ -1241,3 +1241,28 @@ fn udp_flow_moves_after_an_agent_restart() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------------
+// 10. Tables removed behind the agent's back
+// ---------------------------------------------------------------------------
+
+#[test]
+fn flushed_ruleset_is_restored_without_any_api_change() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
+    let _agent = Agent::start("flush", node, &s.api, &["--verify-period=200ms"]);
+    wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
+    let before = wait_converged(node, &s.api, true, SYNC);
+
+    // Someone flushes everything; no Kubernetes object changes.
+    node.exec_ok(["nft", "flush", "ruleset"]);
+    assert!(!has_table(node), "nft flush ruleset left our table");
+    wait_for("the agent to re-create its table", SYNC, || has_table(node));
+    let after = wait_converged(node, &s.api, true, SYNC);
+    assert_eq!(before, after, "the restored ruleset differs");
+    wait_served_by(&s.client, SVC_IP, 80, "a", Duration::from_secs(2));
+}

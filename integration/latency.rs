@@ -120,6 +120,7 @@ fn measure(services: usize) {
     let timing = Timing {
         min_sync_period: Duration::ZERO,
         sync_period: Duration::from_secs(3600),
+        verify_period: Duration::from_secs(10),
     };
     let (report_tx, report_rx) = mpsc::channel::<reconcile::SyncReport>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -133,6 +133,11 @@ impl crate::reconcile::Sink for KernelSink {
             .map_err(|e| e.to_string())
     }
 
+    fn intact(&mut self, applied: &Ruleset) -> bool {
+        // A failed check is not evidence of tampering: assume intact and try again later.
+        netlink::tables_present(applied).unwrap_or(true)
+    }
+
     fn after_apply(&mut self, old: Option<&crate::model::Model>, new: &crate::model::Model) {
         let Some(old) = old else {
             // First sync of this process: endpoints may have changed while no agent ran.

@@ -79,6 +79,10 @@ enum Command {
         /// A full sync at least this often (Go duration; default 1h).
         #[arg(long)]
         sync_period: Option<String>,
+        /// How often to check that our tables still exist in the kernel; a missing table
+        /// (e.g. after `nft flush ruleset`) is re-created at once by a full sync.
+        #[arg(long, default_value = "10s")]
+        verify_period: String,
     },
     /// Measure render, cold start (netlink vs nft -f) and one-endpoint partial syncs on
     /// generated clusters, inside a private network namespace it creates for itself.
@@ -155,6 +159,7 @@ fn run(cli: Cli) -> Result<()> {
             endpoints_api,
             min_sync_period,
             sync_period,
+            verify_period,
         } => {
             let resolved = config::resolve_all(&args)?;
             let duration = |flag: &str, v: Option<String>, default: Duration| -> Result<Duration> {
@@ -171,6 +176,11 @@ fn run(cli: Cli) -> Result<()> {
                     resolved.sync.min_sync_period,
                 )?,
                 sync_period: duration("sync-period", sync_period, resolved.sync.sync_period)?,
+                verify_period: duration(
+                    "verify-period",
+                    Some(verify_period),
+                    Duration::from_secs(10),
+                )?,
             };
             let kubeconfig = kubeconfig.or_else(|| {
                 resolved

@@ -22,6 +22,11 @@ pub trait Sink: Send {
     /// Called after a successful apply with the models before and after (conntrack
     /// cleanup for the kernel sink).
     fn after_apply(&mut self, _old: Option<&Model>, _new: &Model) {}
+
+    /// Whether the target still holds the tables of `applied`; `false` forces a full sync.
+    fn intact(&mut self, _applied: &Ruleset) -> bool {
+        true
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for Box<S> {
@@ -32,6 +37,10 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
     fn after_apply(&mut self, old: Option<&Model>, new: &Model) {
         (**self).after_apply(old, new)
     }
+
+    fn intact(&mut self, applied: &Ruleset) -> bool {
+        (**self).intact(applied)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +49,9 @@ pub struct Timing {
     pub min_sync_period: Duration,
     /// `--sync-period`: a forced full sync at least this often.
     pub sync_period: Duration,
+    /// `--verify-period`: how often to check that our tables still exist (someone may
+    /// have run `nft flush ruleset`); a missing table forces a full sync at once.
+    pub verify_period: Duration,
 }
 
 /// What one sync did, for logs and the latency benchmark.
@@ -86,12 +98,27 @@ pub async fn run<S, F>(
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut shutdown => return,
             }
-        } else if prev.is_some() {
+        } else if let Some((applied, _)) = &prev {
             let full_due = tokio::time::Instant::from_std(last_full + timing.sync_period);
-            tokio::select! {
-                _ = changes.wait() => {}
-                _ = tokio::time::sleep_until(full_due) => force_full = true,
-                _ = &mut shutdown => return,
+            let mut verify =
+                tokio::time::interval(timing.verify_period.max(Duration::from_millis(10)));
+            verify.tick().await;
+            loop {
+                tokio::select! {
+                    _ = changes.wait() => break,
+                    _ = tokio::time::sleep_until(full_due) => {
+                        force_full = true;
+                        break;
+                    }
+                    _ = verify.tick() => {
+                        if !tokio::task::block_in_place(|| sink.intact(applied)) {
+                            tracing::warn!("our tables are gone from the kernel; full sync");
+                            force_full = true;
+                            break;
+                        }
+                    }
+                    _ = &mut shutdown => return,
+                }
             }
         }
         if let Some(last) = last_sync {

@@ -1331,6 +1331,18 @@ pub fn differences(have: &KernelTable, want: &KernelTable) -> Vec<String> {
     out
 }
 
+/// Whether every table of `rs` exists in the kernel: a cheap check (tables only, no rules
+/// or elements) that catches `nft flush ruleset` or a deleted table between syncs.
+pub fn tables_present(rs: &Ruleset) -> Result<bool, NetlinkError> {
+    let existing = list_tables()?;
+    Ok(rs.tables.iter().all(|t| {
+        let pf = nl_family(t.family);
+        existing
+            .iter()
+            .any(|k| k.get_family() == pf && k.get_name().map(String::as_str) == Some(&t.name))
+    }))
+}
+
 /// Deletes those of the tables `names` that exist (for `kube-nftproxy cleanup`), in one
 /// batch, and nothing else. Returns whether any was deleted.
 pub fn delete_tables(names: &[(Family, &str)]) -> Result<bool, NetlinkError> {
