@@ -145,25 +145,6 @@ fn apply_http_service(api: &FakeApi, name: &str, ip: &str, eps: &[&str]) {
 // ---------------------------------------------------------------------------
 
 /// A scratch directory under the temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("kntp-agent-{what}-{}", random_id()));
-        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `kube-nftproxy run` inside the node namespace; stdout and stderr go to files. Killed
 /// on drop; when the test is failing (or `KNTP_AGENT_LOG` is set), its output is printed
 /// first.

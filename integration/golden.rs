@@ -3,32 +3,17 @@
 //! them. When nft is installed and we are root, each expected script is also loaded twice
 //! into a throwaway network namespace and the kernel's listing must equal the rendered text.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kube_nftproxy::nft::normalize::normalize;
 
-fn scenarios() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("testdata exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("cluster.yaml").is_file())
-        .collect();
-    dirs.sort();
-    dirs
-}
+mod support;
+use support::{scenario_args, scenario_dirs, TempDir};
 
 fn render(dir: &Path) -> (String, String, bool) {
     let mut args: Vec<String> = vec!["render".into()];
-    if let Ok(a) = std::fs::read_to_string(dir.join("args")) {
-        args.extend(
-            a.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from),
-        );
-    }
+    args.extend(scenario_args(dir));
     args.push(dir.join("cluster.yaml").to_string_lossy().into_owned());
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
         .args(&args)
@@ -66,7 +51,7 @@ fn check_golden(path: &Path, actual: &str, failures: &mut Vec<String>) {
 
 #[test]
 fn golden_scenarios_render_exactly() {
-    let dirs = scenarios();
+    let dirs = scenario_dirs();
     assert!(
         dirs.len() >= 20,
         "expected at least 20 scenarios, found {}",
@@ -88,21 +73,15 @@ fn render_is_deterministic_whatever_the_input_order() {
     let text = std::fs::read_to_string(dir.join("cluster.yaml")).unwrap();
     let mut docs: Vec<&str> = text.split("\n---\n").collect();
     docs.reverse();
-    let shuffled = std::env::temp_dir().join(format!("kntp-shuffled-{}.yaml", std::process::id()));
-    std::fs::write(&shuffled, docs.join("\n---\n")).unwrap();
+    let tmp = TempDir::new("shuffled");
+    let shuffled = tmp.write("cluster.yaml", &docs.join("\n---\n"));
     let a = render(&dir).0;
-    let args: Vec<String> = std::fs::read_to_string(dir.join("args"))
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect();
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
         .arg("render")
-        .args(&args)
+        .args(scenario_args(&dir))
         .arg(&shuffled)
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&shuffled);
     assert_eq!(a, String::from_utf8_lossy(&out.stdout));
 }
 
@@ -150,7 +129,7 @@ fn golden_files_load_into_a_real_kernel_and_list_back_identically() {
         return;
     }
     let mut failures = Vec::new();
-    for dir in scenarios() {
+    for dir in scenario_dirs() {
         let path = dir.join("expected.nft");
         let Ok(expected) = std::fs::read_to_string(&path) else {
             failures.push(format!("{}: missing", path.display()));

@@ -77,25 +77,6 @@ fn sync_path() -> SyncPath {
 }
 
 /// A YAML file in the temp dir, removed on drop.
-struct TempYaml(PathBuf);
-
-impl TempYaml {
-    fn new(yaml: &str) -> TempYaml {
-        let p = std::env::temp_dir().join(format!("kntp-kernel-{}.yaml", random_id()));
-        std::fs::write(&p, yaml).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
-        TempYaml(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempYaml {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Result of one sync of the node namespace.
 #[derive(Debug)]
 struct Synced {
@@ -168,7 +149,8 @@ fn try_program(
     extra_args: &[&str],
     env: &[(&str, &str)],
 ) -> (SyncPath, Output, Duration) {
-    let file = TempYaml::new(yaml);
+    let dir = TempDir::new("kernel");
+    let file = dir.write("cluster.yaml", yaml);
     let path = sync_path();
     let opts: Vec<String> = BASE_ARGS
         .iter()
@@ -180,12 +162,12 @@ fn try_program(
         SyncPath::Apply => {
             let mut args = vec!["apply".to_string()];
             args.extend(opts);
-            run_in_ns(node, &args, file.path(), env)
+            run_in_ns(node, &args, &file, env)
         }
         SyncPath::RenderFallback => {
             let mut args = vec!["render".to_string()];
             args.extend(opts);
-            let rendered = run_in_ns(node, &args, file.path(), &[]);
+            let rendered = run_in_ns(node, &args, &file, &[]);
             if !rendered.status.success() {
                 rendered
             } else {
@@ -1005,27 +987,6 @@ fn endpoint_change_is_hitless() {
 // 10. apply == render
 // ---------------------------------------------------------------------------
 
-fn scenarios() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("testdata exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("cluster.yaml").is_file() && p.join("expected.nft").is_file())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-fn scenario_args(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("args"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
-
 /// `nft list table <family> kube-nftproxy` for each family that has the table.
 fn list_ours(ns: &Netns) -> BTreeMap<String, String> {
     let tables = ns.exec_ok(["nft", "list", "tables"]);
@@ -1047,7 +1008,10 @@ fn apply_programs_exactly_what_render_prints() {
     {
         return;
     }
-    let dirs = scenarios();
+    let dirs: Vec<PathBuf> = scenario_dirs()
+        .into_iter()
+        .filter(|d| d.join("expected.nft").is_file())
+        .collect();
     assert!(dirs.len() >= 20, "only {} scenarios found", dirs.len());
     let id = random_id();
     let mut failures = Vec::new();

@@ -805,7 +805,7 @@ fn delete_entries(sock: &mut Socket, entries: &[Entry]) -> Result<usize, Conntra
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Endpoint;
+    use crate::model::{fixtures, Endpoint};
     use crate::options::NodePortAddresses;
 
     fn ip(s: &str) -> IpAddr {
@@ -813,34 +813,11 @@ mod tests {
     }
 
     fn ep(addr: &str, port: u16) -> Endpoint {
-        Endpoint {
-            ip: ip(addr),
-            port,
-            ready: true,
-            serving: true,
-            terminating: false,
-            local: false,
-            zone_hints: None,
-        }
+        fixtures::endpoint(addr, port)
     }
 
     fn svc(proto: Proto, eps: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            namespace: "ns".into(),
-            name: "dns".into(),
-            port_name: "udp".into(),
-            protocol: proto,
-            cluster_ips: vec![ip("10.96.0.10")],
-            port: 53,
-            node_port: None,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            external_policy_local: false,
-            internal_policy_local: false,
-            affinity_timeout: None,
-            endpoints: eps,
-        }
+        fixtures::service_port("dns", "udp", proto, "10.96.0.10", 53, eps)
     }
 
     fn model(services: Vec<ServicePort>) -> Model {

@@ -24,11 +24,14 @@
 
 mod cluster;
 pub mod fakeapi;
+mod files;
 mod netns;
 mod sys;
 
 #[allow(unused_imports)]
 pub use cluster::*;
+#[allow(unused_imports)]
+pub use files::*;
 #[allow(unused_imports)]
 pub use netns::*;
 

@@ -81,38 +81,20 @@ fn can_use_topology(eps: &[&Endpoint], zone: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Proto;
-    use std::net::IpAddr;
+    use crate::model::{fixtures, Proto};
 
     fn ep(ip: &str, ready: bool, serving: bool, terminating: bool, local: bool) -> Endpoint {
         Endpoint {
-            ip: ip.parse::<IpAddr>().unwrap(),
-            port: 80,
             ready,
             serving,
             terminating,
             local,
-            zone_hints: None,
+            ..fixtures::endpoint(ip, 80)
         }
     }
 
     fn sp(eps: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            namespace: "ns".into(),
-            name: "s".into(),
-            port_name: String::new(),
-            protocol: Proto::Tcp,
-            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
-            port: 80,
-            node_port: None,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            external_policy_local: false,
-            internal_policy_local: false,
-            affinity_timeout: None,
-            endpoints: eps,
-        }
+        fixtures::service_port("s", "", Proto::Tcp, "10.96.0.1", 80, eps)
     }
 
     #[test]

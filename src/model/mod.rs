@@ -100,3 +100,49 @@ impl Endpoint {
         }
     }
 }
+
+/// Fixtures for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A ready, serving, remote endpoint.
+    pub fn endpoint(ip: &str, port: u16) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().expect("test IP"),
+            port,
+            ready: true,
+            serving: true,
+            terminating: false,
+            local: false,
+            zone_hints: None,
+        }
+    }
+
+    /// A plain ClusterIP Service port `ns/<name>:<port_name>` on `cluster_ip:port`.
+    pub fn service_port(
+        name: &str,
+        port_name: &str,
+        protocol: Proto,
+        cluster_ip: &str,
+        port: u16,
+        endpoints: Vec<Endpoint>,
+    ) -> ServicePort {
+        ServicePort {
+            namespace: "ns".into(),
+            name: name.into(),
+            port_name: port_name.into(),
+            protocol,
+            cluster_ips: vec![cluster_ip.parse().expect("test IP")],
+            port,
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            external_policy_local: false,
+            internal_policy_local: false,
+            affinity_timeout: None,
+            endpoints,
+        }
+    }
+}
