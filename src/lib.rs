@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod bench;
 pub mod config;
+pub mod desired;
 pub mod conntrack;
 pub mod input;
 pub mod model;

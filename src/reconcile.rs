@@ -7,11 +7,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::model::{self, Model};
+use crate::desired::Desired;
+use crate::model::Model;
 use crate::options::Options;
 use crate::ruleset::ir::Ruleset;
 use crate::ruleset::tx::Transaction;
-use crate::ruleset::{self, diff};
 use crate::watch::{Changes, Stores};
 
 /// Where transactions go.
@@ -87,7 +87,8 @@ pub async fn run<S, F>(
         _ = &mut shutdown => return,
     }
     tracing::info!("caches synced; starting to program rules");
-    let mut prev: Option<(Ruleset, Model)> = None;
+    let mut desired = Desired::new(opts);
+    let mut synced = false;
     let mut force_full = true;
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
@@ -98,7 +99,7 @@ pub async fn run<S, F>(
                 _ = tokio::time::sleep(wait) => {}
                 _ = &mut shutdown => return,
             }
-        } else if let Some((applied, _)) = &prev {
+        } else if synced {
             let full_due = tokio::time::Instant::from_std(last_full + timing.sync_period);
             let mut verify =
                 tokio::time::interval(timing.verify_period.max(Duration::from_millis(10)));
@@ -111,7 +112,7 @@ pub async fn run<S, F>(
                         break;
                     }
                     _ = verify.tick() => {
-                        if !tokio::task::block_in_place(|| sink.intact(applied)) {
+                        if !tokio::task::block_in_place(|| sink.intact(desired.ruleset())) {
                             tracing::warn!("our tables are gone from the kernel; full sync");
                             force_full = true;
                             break;
@@ -133,28 +134,28 @@ pub async fn run<S, F>(
         let started = Instant::now();
         last_sync = Some(started);
         let arrivals = changes.take();
-        let span = tracing::info_span!("sync", full = force_full || prev.is_none());
+        let span = tracing::info_span!("sync", full = force_full || !synced);
         let _guard = span.enter();
 
         let snapshot = stores.snapshot();
-        let (model, notes) = model::build(&snapshot, &opts);
-        let (desired, more) = ruleset::build(&model);
-        for n in notes.iter().chain(more.iter()) {
+        let update = desired.update(&snapshot, force_full || !synced);
+        drop(snapshot);
+        for n in &update.notes {
             tracing::debug!("{n}");
         }
-        let full = force_full || prev.is_none();
-        let tx = match (&prev, full) {
-            (Some((old, _)), false) => diff::diff(old, &desired),
-            _ => diff::full(&desired),
-        };
+        let full = update.full;
+        let tx = &update.tx;
         let result = if tx.is_empty() {
             Ok(())
         } else {
-            tokio::task::block_in_place(|| sink.apply(&tx, &desired))
+            tokio::task::block_in_place(|| sink.apply(tx, desired.ruleset()))
         };
         match result {
             Ok(()) => {
-                sink.after_apply(prev.as_ref().map(|(_, m)| m), &model);
+                match &update.changed {
+                    Some((before, after)) => sink.after_apply(Some(before), after),
+                    None => sink.after_apply(None, &desired.model()),
+                }
                 let done = Instant::now();
                 let report = SyncReport {
                     full,
@@ -166,11 +167,11 @@ pub async fn run<S, F>(
                     full,
                     ops = report.ops,
                     elapsed_ms = report.elapsed.as_secs_f64() * 1000.0,
-                    services = model.services.len(),
+                    services = desired.services(),
                     "sync complete"
                 );
                 on_sync(&report);
-                prev = Some((desired, model));
+                synced = true;
                 if full {
                     last_full = done;
                 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
@@ -20,6 +21,52 @@ const DEFAULT_AFFINITY_TIMEOUT: i32 = 10800;
 
 pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) {
     let mut notes = Vec::new();
+    let mut model = globals(objects, opts, &mut notes);
+    let slices = group_slices(objects, &mut notes);
+    let endpoints_by_svc = legacy_by_service(objects);
+
+    let mut services = Vec::new();
+    let mut known = BTreeSet::new();
+    for svc in &objects.services {
+        let Some(key) = object_key(&svc.metadata) else {
+            notes.push(skip("Service (unnamed)", "has no name or namespace"));
+            continue;
+        };
+        if !known.insert(key.clone()) {
+            let what = format!("Service {}/{}", key.0, key.1);
+            notes.push(skip(
+                &what,
+                "appears twice in the input; the first copy is used",
+            ));
+            continue;
+        }
+        let svc_slices = slices.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let legacy = endpoints_by_svc.get(&key).map(|e| &***e);
+        services.extend(service(&model, svc, svc_slices, legacy, &mut notes));
+    }
+    for (key, list) in &slices {
+        if !known.contains(key) {
+            for s in list {
+                notes.push(skip(
+                    &format!(
+                        "EndpointSlice {}/{}",
+                        key.0,
+                        s.metadata.name.as_deref().unwrap_or("")
+                    ),
+                    &format!("its Service {}/{} does not exist", key.0, key.1),
+                ));
+            }
+        }
+    }
+    // Services come sorted by namespace and name; `service` sorts each one's ports.
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    model.services = services;
+    (model, notes)
+}
+
+/// Everything in the model that no single Service decides: the node, its IPs and zone,
+/// the families and CIDRs. `services` is left empty.
+pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Skipped>) -> Model {
     let node = objects
         .nodes
         .iter()
@@ -40,7 +87,7 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
         .and_then(|l| l.get(LABEL_ZONE))
         .cloned();
     let service_cidrs = if opts.service_cidrs.is_empty() {
-        service_cidrs_from_objects(objects, &mut notes)
+        service_cidrs_from_objects(objects, notes)
     } else {
         opts.service_cidrs.clone()
     };
@@ -70,81 +117,7 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
             families.insert(Family::V4);
         }
     }
-
-    let slices = group_slices(objects, &mut notes);
-    let endpoints_by_svc: BTreeMap<(String, String), &Endpoints> = objects
-        .endpoints
-        .iter()
-        .filter_map(|e| {
-            Some((
-                (e.metadata.namespace.clone()?, e.metadata.name.clone()?),
-                &**e,
-            ))
-        })
-        .collect();
-
-    let mut services = Vec::new();
-    let mut known = BTreeSet::new();
-    for svc in &objects.services {
-        let Some(key) = object_key(&svc.metadata) else {
-            notes.push(skip("Service (unnamed)", "has no name or namespace"));
-            continue;
-        };
-        let what = format!("Service {}/{}", key.0, key.1);
-        if !known.insert(key.clone()) {
-            notes.push(skip(
-                &what,
-                "appears twice in the input; the first copy is used",
-            ));
-            continue;
-        }
-        let ports = match service_ports(svc, &families, &mut notes, &what) {
-            Some(p) => p,
-            None => continue,
-        };
-        let svc_slices = slices.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-        let legacy = if svc_slices.is_empty() {
-            endpoints_by_svc.get(&key).copied()
-        } else {
-            None
-        };
-        let first_port = ports
-            .first()
-            .map(|p| p.port_name.clone())
-            .unwrap_or_default();
-        for mut sp in ports {
-            sp.endpoints = if legacy.is_some() {
-                legacy_endpoints(legacy, &sp, &opts.hostname, &mut notes)
-            } else {
-                slice_endpoints(svc_slices, &sp, &first_port, &opts.hostname, &mut notes)
-            };
-            services.push(sp);
-        }
-    }
-    for (key, list) in &slices {
-        if !known.contains(key) {
-            for s in list {
-                notes.push(skip(
-                    &format!(
-                        "EndpointSlice {}/{}",
-                        key.0,
-                        s.metadata.name.as_deref().unwrap_or("")
-                    ),
-                    &format!("its Service {}/{} does not exist", key.0, key.1),
-                ));
-            }
-        }
-    }
-    services.sort_by(|a, b| {
-        (&a.namespace, &a.name, &a.port_name, a.protocol).cmp(&(
-            &b.namespace,
-            &b.name,
-            &b.port_name,
-            b.protocol,
-        ))
-    });
-
-    let model = Model {
+    Model {
         node_name: opts.hostname.clone(),
         node_zone,
         node_ips,
@@ -154,9 +127,52 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
         nodeport_addresses: opts.nodeport_addresses.clone(),
         masquerade_all: opts.masquerade_all,
         masquerade_mark: opts.masquerade_mark(),
-        services,
+        services: Vec::new(),
+    }
+}
+
+/// The ports of one Service with their endpoints, sorted by port name and protocol.
+/// `slices` are the Service's EndpointSlices; `legacy` its v1 Endpoints, used only when it
+/// has no slices. `globals` is what `globals` returned.
+pub fn service<S: AsRef<EndpointSlice>>(
+    globals: &Model,
+    svc: &Service,
+    slices: &[S],
+    legacy: Option<&Endpoints>,
+    notes: &mut Vec<Skipped>,
+) -> Vec<ServicePort> {
+    let Some(key) = object_key(&svc.metadata) else {
+        return Vec::new();
     };
-    (model, notes)
+    let what = format!("Service {}/{}", key.0, key.1);
+    let families: BTreeSet<Family> = globals.families.iter().copied().collect();
+    let Some(mut ports) = service_ports(svc, &families, notes, &what) else {
+        return Vec::new();
+    };
+    let legacy = if slices.is_empty() { legacy } else { None };
+    let first_port = ports
+        .first()
+        .map(|p| p.port_name.clone())
+        .unwrap_or_default();
+    let node = &globals.node_name;
+    for sp in &mut ports {
+        sp.endpoints = if legacy.is_some() {
+            legacy_endpoints(legacy, sp, node, notes)
+        } else {
+            slice_endpoints(slices, sp, &first_port, node, notes)
+        };
+    }
+    ports.sort_by(|a, b| (&a.port_name, a.protocol).cmp(&(&b.port_name, b.protocol)));
+    ports
+}
+
+/// v1 Endpoints by Service (namespace, name).
+pub fn legacy_by_service(objects: &ClusterObjects) -> BTreeMap<SvcKey, &Arc<Endpoints>> {
+    objects
+        .endpoints
+        .iter()
+        .filter_map(|e| Some(((e.metadata.namespace.clone()?, e.metadata.name.clone()?), e)))
+        .collect()
 }
 
 fn skip(object: &str, reason: &str) -> Skipped {
@@ -454,13 +470,14 @@ fn shorten(s: &str) -> String {
     }
 }
 
-type SvcKey = (String, String);
+pub type SvcKey = (String, String);
 
-fn group_slices<'a>(
+/// EndpointSlices by the Service (namespace, name) they belong to.
+pub fn group_slices<'a>(
     o: &'a ClusterObjects,
     notes: &mut Vec<Skipped>,
-) -> BTreeMap<SvcKey, Vec<&'a EndpointSlice>> {
-    let mut out: BTreeMap<SvcKey, Vec<&EndpointSlice>> = BTreeMap::new();
+) -> BTreeMap<SvcKey, Vec<&'a Arc<EndpointSlice>>> {
+    let mut out: BTreeMap<SvcKey, Vec<&Arc<EndpointSlice>>> = BTreeMap::new();
     for s in &o.endpoint_slices {
         let what = format!(
             "EndpointSlice {}/{}",
@@ -477,7 +494,7 @@ fn group_slices<'a>(
             .as_ref()
             .and_then(|l| l.get(LABEL_SERVICE_NAME));
         match (&s.metadata.namespace, svc) {
-            (Some(ns), Some(svc)) => out.entry((ns.clone(), svc.clone())).or_default().push(&**s),
+            (Some(ns), Some(svc)) => out.entry((ns.clone(), svc.clone())).or_default().push(s),
             _ => notes.push(skip(&what, "has no kubernetes.io/service-name label")),
         }
     }
@@ -499,8 +516,8 @@ fn add_endpoint(list: &mut Vec<Endpoint>, ep: Endpoint, what: &str, notes: &mut 
     list.push(ep);
 }
 
-fn slice_endpoints(
-    slices: &[&EndpointSlice],
+fn slice_endpoints<S: AsRef<EndpointSlice>>(
+    slices: &[S],
     sp: &ServicePort,
     first_port_name: &str,
     node: &str,
@@ -508,6 +525,7 @@ fn slice_endpoints(
 ) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for s in slices {
+        let s = s.as_ref();
         let what = format!(
             "EndpointSlice {}/{}",
             s.metadata.namespace.as_deref().unwrap_or(""),

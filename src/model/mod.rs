@@ -9,7 +9,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub use crate::ruleset::ir::{Family, Proto};
-pub use build::{build, nodeport_ips, parse_cidr, NodePortIps};
+pub use build::{
+    build, globals, group_slices, legacy_by_service, nodeport_ips, parse_cidr, service, NodePortIps,
+    SvcKey,
+};
 pub use endpoints::{categorize, Categorized};
 
 use crate::options::NodePortAddresses;

@@ -56,9 +56,102 @@ pub fn build(m: &Model) -> (Ruleset, Vec<Skipped>) {
     let tables = m
         .families
         .iter()
-        .map(|f| TableBuilder::new(m, *f).build(&mut notes))
+        .map(|f| {
+            let fragments = m
+                .services
+                .chunk_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name))
+                .map(|ports| fragment(m, *f, ports))
+                .collect();
+            assemble(m, *f, fragments, &mut notes).0
+        })
         .collect();
     (Ruleset { tables }, notes)
+}
+
+/// One set element a Service asks for. Two Services may ask for the same key: with the same
+/// data (two Services over one pod give the same hairpin entry) both are satisfied; with
+/// different data the first Service in order wins and the other is noted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub set: &'static str,
+    pub key: Vec<Value>,
+    pub data: Option<ElementData>,
+}
+
+/// What one Service adds to one family's table: set elements and its own chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    /// `namespace/name`, for notes.
+    pub service: String,
+    pub claims: Vec<Claim>,
+    pub chains: Vec<Chain>,
+}
+
+/// The fragment of one Service: `ports` are all its ports (one `ServicePort` each).
+pub fn fragment(m: &Model, f: Family, ports: &[ServicePort]) -> Fragment {
+    let mut b = TableBuilder::new(m, f);
+    for sp in ports {
+        b.service_port(sp);
+    }
+    Fragment {
+        service: ports
+            .first()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .unwrap_or_default(),
+        claims: b.claims,
+        chains: b.chains,
+    }
+}
+
+/// The table of family `f`: the skeleton, filled with the fragments' elements (in order, so
+/// the first claim of a key wins) and chains. Chains the fragments add follow the
+/// skeleton's, sorted by name, so a table has one order however it was reached. The flag
+/// says whether two fragments claimed one key with different data.
+pub fn assemble(
+    m: &Model,
+    f: Family,
+    fragments: Vec<Fragment>,
+    notes: &mut Vec<Skipped>,
+) -> (Table, bool) {
+    let mut b = TableBuilder::new(m, f);
+    let nodeports = nodeport_ips(m, f);
+    if let NodePortIps::List(ips) = &nodeports {
+        for ip in ips {
+            b.elements
+                .entry(NODEPORT_IPS)
+                .or_default()
+                .insert(vec![Value::Addr(*ip)], None);
+        }
+    }
+    let mut conflicted = false;
+    for fr in fragments {
+        for c in fr.claims {
+            let entry = b.elements.entry(c.set).or_default();
+            match entry.get(&c.key) {
+                Some(old) if old != &c.data => {
+                    conflicted = true;
+                    notes.push(Skipped {
+                        object: format!("Service {}", fr.service),
+                        reason: format!(
+                            "{} entry {} is already used by another Service; ignored",
+                            c.set,
+                            crate::nft::text::element_text(&Element {
+                                key: c.key,
+                                data: None
+                            })
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    entry.insert(c.key, c.data);
+                }
+            }
+        }
+        b.chains.extend(fr.chains);
+    }
+    b.chains.sort_by(|x, y| x.name.cmp(&y.name));
+    (b.finish(&nodeports), conflicted)
 }
 
 struct TableBuilder<'a> {
@@ -67,6 +160,7 @@ struct TableBuilder<'a> {
     mark: u32,
     /// Elements per set name, kept sorted and unique by key.
     elements: BTreeMap<&'static str, BTreeMap<Vec<Value>, Option<ElementData>>>,
+    claims: Vec<Claim>,
     chains: Vec<Chain>,
 }
 
@@ -104,6 +198,7 @@ impl<'a> TableBuilder<'a> {
             f,
             mark: m.masquerade_mark,
             elements: BTreeMap::new(),
+            claims: Vec::new(),
             chains: Vec::new(),
         }
     }
@@ -126,52 +221,8 @@ impl<'a> TableBuilder<'a> {
             .collect()
     }
 
-    /// Adds an element; a key already taken by an earlier Service wins and the later one
-    /// is noted, since a map holds one verdict per key.
-    fn add(
-        &mut self,
-        set: &'static str,
-        key: Vec<Value>,
-        data: Option<ElementData>,
-        who: &ServicePort,
-        notes: &mut Vec<Skipped>,
-    ) {
-        let entry = self.elements.entry(set).or_default();
-        if let Some(old) = entry.get(&key) {
-            if old != &data {
-                notes.push(Skipped {
-                    object: format!("Service {}/{}", who.namespace, who.name),
-                    reason: format!(
-                        "{set} entry {} is already used by another Service; ignored",
-                        crate::nft::text::element_text(&Element { key, data: None })
-                    ),
-                });
-            }
-            return;
-        }
-        entry.insert(key, data);
-    }
-
-    fn build(mut self, notes: &mut Vec<Skipped>) -> Table {
-        let services: Vec<&ServicePort> = self
-            .m
-            .services
-            .iter()
-            .filter(|s| s.cluster_ip(self.f).is_some())
-            .collect();
-        let nodeports = nodeport_ips(self.m, self.f);
-        if let NodePortIps::List(ips) = &nodeports {
-            for ip in ips {
-                self.elements
-                    .entry(NODEPORT_IPS)
-                    .or_default()
-                    .insert(vec![Value::Addr(*ip)], None);
-            }
-        }
-        for sp in services {
-            self.service_port(sp, notes);
-        }
-        self.finish(&nodeports)
+    fn add(&mut self, set: &'static str, key: Vec<Value>, data: Option<ElementData>) {
+        self.claims.push(Claim { set, key, data });
     }
 
     /// Fills the embedded skeleton: elements into its sets, the cluster-dependent rules
@@ -274,7 +325,7 @@ impl<'a> TableBuilder<'a> {
         t
     }
 
-    fn service_port(&mut self, sp: &ServicePort, notes: &mut Vec<Skipped>) {
+    fn service_port(&mut self, sp: &ServicePort) {
         let f = self.f;
         let Some(cip) = sp.cluster_ip(f) else { return };
         let cat = categorize(sp, f, self.m.node_zone.as_deref());
@@ -314,22 +365,22 @@ impl<'a> TableBuilder<'a> {
         let port = Value::Port(sp.port);
         let vip = |ip: IpAddr| vec![Value::Addr(ip), proto, port];
 
-        self.add(CLUSTER_IPS, vec![Value::Addr(cip)], None, sp, notes);
+        self.add(CLUSTER_IPS, vec![Value::Addr(cip)], None);
         if has_internal {
             let v = Some(ElementData::Verdict(goto(internal_chain)));
-            self.add(SERVICE_IPS, vip(cip), v, sp, notes);
+            self.add(SERVICE_IPS, vip(cip), v);
         } else {
             let v = Some(ElementData::Verdict(internal_filter));
-            self.add(NO_EP_SERVICES, vip(cip), v, sp, notes);
+            self.add(NO_EP_SERVICES, vip(cip), v);
         }
         for ip in external_ips.iter().chain(lb_ips.iter()) {
             if uses_external_chain {
                 let v = Some(ElementData::Verdict(goto(&external_chain)));
-                self.add(SERVICE_IPS, vip(*ip), v, sp, notes);
+                self.add(SERVICE_IPS, vip(*ip), v);
             }
             if !has_external {
                 let v = Some(ElementData::Verdict(external_filter.clone()));
-                self.add(NO_EP_SERVICES, vip(*ip), v, sp, notes);
+                self.add(NO_EP_SERVICES, vip(*ip), v);
             }
         }
         let ranges: Vec<IpNet> = sp
@@ -342,18 +393,18 @@ impl<'a> TableBuilder<'a> {
         if uses_firewall {
             for ip in &lb_ips {
                 let v = Some(ElementData::Verdict(goto(&firewall_chain)));
-                self.add(FIREWALL_IPS, vip(*ip), v, sp, notes);
+                self.add(FIREWALL_IPS, vip(*ip), v);
             }
         }
         if let Some(np) = sp.node_port {
             let key = vec![proto, Value::Port(np)];
             if uses_external_chain {
                 let v = Some(ElementData::Verdict(goto(&external_chain)));
-                self.add(SERVICE_NODEPORTS, key.clone(), v, sp, notes);
+                self.add(SERVICE_NODEPORTS, key.clone(), v);
             }
             if !has_external {
                 let v = Some(ElementData::Verdict(external_filter));
-                self.add(NO_EP_NODEPORTS, key, v, sp, notes);
+                self.add(NO_EP_NODEPORTS, key, v);
             }
         }
         for ep in cat
@@ -368,7 +419,7 @@ impl<'a> TableBuilder<'a> {
                 proto,
                 Value::Port(ep.port),
             ];
-            self.elements.entry(HAIRPIN).or_default().insert(key, None);
+            self.add(HAIRPIN, key, None);
         }
 
         if has_cluster {

@@ -6,4 +6,4 @@ pub mod ir;
 pub mod names;
 pub mod tx;
 
-pub use build::{build, TABLE_NAME};
+pub use build::{assemble, build, fragment, Claim, Fragment, TABLE_NAME};

@@ -2,7 +2,7 @@
 //! into the desired IR. `diff` produces it, the netlink layer sends it as one batch, and
 //! `--dry-run` prints it. Order matters: the kernel checks references as it goes.
 
-use super::ir::{Chain, Element, Family, Rule, Set};
+use super::ir::{Chain, Element, Family, Rule, Ruleset, Set, Table};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -76,4 +76,196 @@ impl Transaction {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+}
+
+/// Why a transaction does not fit the ruleset it is replayed on: the kernel would refuse
+/// it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ReplayError(pub String);
+
+/// Plays `tx` on `rs` as the kernel would, checking what the kernel checks (existing
+/// tables, chains, sets and keys). Chains keep the builder's order: the skeleton's first,
+/// then the rest by name, so a replayed ruleset equals a freshly built one.
+pub fn replay(rs: &mut Ruleset, tx: &Transaction) -> Result<(), ReplayError> {
+    for op in &tx.ops {
+        replay_op(rs, op)?;
+    }
+    Ok(())
+}
+
+fn err<T>(what: String) -> Result<T, ReplayError> {
+    Err(ReplayError(what))
+}
+
+fn table_mut<'a>(
+    rs: &'a mut Ruleset,
+    family: Family,
+    name: &str,
+) -> Result<&'a mut Table, ReplayError> {
+    match rs
+        .tables
+        .iter_mut()
+        .find(|t| t.family == family && t.name == name)
+    {
+        Some(t) => Ok(t),
+        None => err(format!("no table {family:?} {name}")),
+    }
+}
+
+/// Where chain `name` is, or where it belongs (`Err`).
+fn chain_position(t: &Table, name: &str) -> Result<usize, usize> {
+    let fixed = t
+        .chains
+        .iter()
+        .take_while(|c| is_fixed(&c.name))
+        .count();
+    if is_fixed(name) {
+        return t.chains[..fixed]
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or(fixed);
+    }
+    t.chains[fixed..]
+        .binary_search_by(|c| c.name.as_str().cmp(name))
+        .map(|i| i + fixed)
+        .map_err(|i| i + fixed)
+}
+
+fn is_fixed(name: &str) -> bool {
+    super::build::skeleton().chain(name).is_some()
+}
+
+fn set_mut<'a>(t: &'a mut Table, name: &str) -> Result<&'a mut Set, ReplayError> {
+    match t.sets.iter_mut().find(|s| s.name == name) {
+        Some(s) => Ok(s),
+        None => err(format!("no set {name}")),
+    }
+}
+
+fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
+    match op {
+        Op::AddTable {
+            family,
+            name,
+            comment,
+        } => {
+            if !rs
+                .tables
+                .iter()
+                .any(|t| t.family == *family && &t.name == name)
+            {
+                rs.tables.push(Table {
+                    family: *family,
+                    name: name.clone(),
+                    comment: comment.clone(),
+                    sets: vec![],
+                    chains: vec![],
+                });
+            }
+        }
+        Op::DeleteTable { family, name } => {
+            table_mut(rs, *family, name)?;
+            rs.tables
+                .retain(|t| !(t.family == *family && &t.name == name));
+        }
+        Op::AddChain {
+            family,
+            table,
+            chain,
+        } => {
+            let t = table_mut(rs, *family, table)?;
+            match chain_position(t, &chain.name) {
+                Ok(_) => return err(format!("chain {} added twice", chain.name)),
+                Err(at) => t.chains.insert(
+                    at,
+                    Chain {
+                        rules: Vec::new(),
+                        ..chain.clone()
+                    },
+                ),
+            }
+        }
+        Op::FlushChain {
+            family,
+            table,
+            chain,
+        } => {
+            let t = table_mut(rs, *family, table)?;
+            match chain_position(t, chain) {
+                Ok(i) => t.chains[i].rules.clear(),
+                Err(_) => return err(format!("flush of missing chain {chain}")),
+            }
+        }
+        Op::DeleteChain {
+            family,
+            table,
+            chain,
+        } => {
+            let t = table_mut(rs, *family, table)?;
+            match chain_position(t, chain) {
+                Ok(i) if t.chains[i].rules.is_empty() => {
+                    t.chains.remove(i);
+                }
+                Ok(_) => return err(format!("deleting non-empty chain {chain}")),
+                Err(_) => return err(format!("deleting missing chain {chain}")),
+            }
+        }
+        Op::AddRule {
+            family,
+            table,
+            chain,
+            rule,
+        } => {
+            let t = table_mut(rs, *family, table)?;
+            match chain_position(t, chain) {
+                Ok(i) => t.chains[i].rules.push(rule.clone()),
+                Err(_) => return err(format!("rule for missing chain {chain}")),
+            }
+        }
+        Op::AddSet { family, table, set } => {
+            let t = table_mut(rs, *family, table)?;
+            if t.sets.iter().any(|s| s.name == set.name) {
+                return err(format!("set {} added twice", set.name));
+            }
+            t.sets.push(Set {
+                elements: Vec::new(),
+                ..set.clone()
+            });
+        }
+        Op::AddElements {
+            family,
+            table,
+            set,
+            elements,
+        } => {
+            let s = set_mut(table_mut(rs, *family, table)?, set)?;
+            for e in elements {
+                match s.elements.binary_search_by(|x| x.key.cmp(&e.key)) {
+                    Ok(_) => return err(format!("EEXIST: element added twice to {set}")),
+                    Err(at) => s.elements.insert(at, e.clone()),
+                }
+            }
+        }
+        Op::DeleteElements {
+            family,
+            table,
+            set,
+            elements,
+        } => {
+            let s = set_mut(table_mut(rs, *family, table)?, set)?;
+            for e in elements {
+                match s.elements.binary_search_by(|x| x.key.cmp(&e.key)) {
+                    Ok(at) => {
+                        s.elements.remove(at);
+                    }
+                    Err(_) => return err(format!("ENOENT: element missing from {set}")),
+                }
+            }
+        }
+        Op::FlushSet { family, table, set } => {
+            set_mut(table_mut(rs, *family, table)?, set)?.elements.clear();
+        }
+    }
+    Ok(())
 }

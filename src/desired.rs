@@ -1,0 +1,596 @@
+//! The desired state kept between syncs, so that a sync costs O(what changed) rather than
+//! O(cluster). Each Service remembers the objects it was built from; the reflectors hand
+//! out the same `Arc` for an object that did not change, so a pointer comparison finds the
+//! Services to rebuild. Only their fragments (set elements and chains) are recomputed and
+//! diffed, and the result is replayed on the kept IR, which therefore always equals what a
+//! full build of the same objects gives (a test checks this). Anything that is not one
+//! Service's business (node, families, CIDRs) changing, or two Services claiming one key
+//! with different data, falls back to a full rebuild.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::input::{ClusterObjects, Skipped};
+use crate::model::{self, Model, ServicePort, SvcKey};
+use crate::options::Options;
+use crate::ruleset::{assemble, fragment, Fragment};
+use crate::ruleset::diff;
+use crate::ruleset::ir::{Element, ElementData, Family, Ruleset, Set, Table, Value};
+use crate::ruleset::tx::{replay, Transaction};
+
+/// The objects one Service was built from, and what they gave.
+struct Entry {
+    service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
+    legacy: Option<Arc<Endpoints>>,
+    ports: Vec<ServicePort>,
+}
+
+impl Entry {
+    fn same_inputs(
+        &self,
+        svc: &Arc<Service>,
+        slices: &[&Arc<EndpointSlice>],
+        legacy: Option<&Arc<Endpoints>>,
+    ) -> bool {
+        Arc::ptr_eq(&self.service, svc)
+            && self.slices.len() == slices.len()
+            && self.slices.iter().zip(slices).all(|(a, b)| Arc::ptr_eq(a, b))
+            && match (&self.legacy, legacy) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+/// How many Services ask for one set element, and with which data.
+struct ClaimState {
+    count: u32,
+    data: Option<ElementData>,
+}
+
+type ClaimKey = (Family, &'static str, Vec<Value>);
+
+/// What one sync has to do.
+#[derive(Debug)]
+pub struct Update {
+    pub tx: Transaction,
+    /// Whether `tx` replaces the tables wholesale.
+    pub full: bool,
+    /// For a partial update: the models before and after, holding only the Services that
+    /// changed (enough to find stale conntrack entries).
+    pub changed: Option<(Model, Model)>,
+    /// Objects left out, for the log.
+    pub notes: Vec<Skipped>,
+}
+
+pub struct Desired {
+    opts: Options,
+    globals: Option<Model>,
+    services: BTreeMap<SvcKey, Entry>,
+    claims: HashMap<ClaimKey, ClaimState>,
+    /// Two Services claimed one key with different data: the winner depends on the order
+    /// of all Services, so only full rebuilds are exact until that is gone.
+    conflicted: bool,
+    ruleset: Ruleset,
+}
+
+/// An element as it stands before or after a change: absent, or present with its data.
+type Presence = Option<Option<ElementData>>;
+
+impl Desired {
+    pub fn new(opts: Options) -> Desired {
+        Desired {
+            opts,
+            globals: None,
+            services: BTreeMap::new(),
+            claims: HashMap::new(),
+            conflicted: false,
+            ruleset: Ruleset::default(),
+        }
+    }
+
+    /// The IR as of the last update.
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.ruleset
+    }
+
+    /// How many Services the state holds.
+    pub fn services(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The whole model as of the last update.
+    pub fn model(&self) -> Model {
+        let mut m = self.globals.clone().unwrap_or_else(|| Model {
+            node_name: self.opts.hostname.clone(),
+            node_zone: None,
+            node_ips: vec![],
+            families: vec![],
+            cluster_cidrs: vec![],
+            service_cidrs: vec![],
+            nodeport_addresses: self.opts.nodeport_addresses.clone(),
+            masquerade_all: self.opts.masquerade_all,
+            masquerade_mark: self.opts.masquerade_mark(),
+            services: vec![],
+        });
+        m.services = self
+            .services
+            .values()
+            .flat_map(|e| e.ports.iter().cloned())
+            .collect();
+        m
+    }
+
+    /// Moves the state to `objects` and returns the transaction that moves the kernel
+    /// along: partial when possible, full when `full` is asked for or needed.
+    pub fn update(&mut self, objects: &ClusterObjects, full: bool) -> Update {
+        let mut notes = Vec::new();
+        let globals = model::globals(objects, &self.opts, &mut notes);
+        if full || self.conflicted || self.globals.as_ref() != Some(&globals) {
+            return self.rebuild(objects, globals, notes);
+        }
+        match self.partial(objects, &globals, &mut notes) {
+            Some((tx, changed)) => Update {
+                tx,
+                full: false,
+                changed: Some(changed),
+                notes,
+            },
+            None => self.rebuild(objects, globals, notes),
+        }
+    }
+
+    fn rebuild(&mut self, objects: &ClusterObjects, globals: Model, mut notes: Vec<Skipped>) -> Update {
+        let slices = model::group_slices(objects, &mut notes);
+        let legacy = model::legacy_by_service(objects);
+        let mut services = BTreeMap::new();
+        for svc in &objects.services {
+            let Some(key) = key_of(svc) else { continue };
+            if services.contains_key(&key) {
+                continue; // a duplicate: the first copy is used, as in `render`
+            }
+            let sl: Vec<&Arc<EndpointSlice>> = slices.get(&key).cloned().unwrap_or_default();
+            let lg = legacy.get(&key).copied();
+            let ports = model::service(&globals, svc, &sl, lg.map(|e| &**e), &mut notes);
+            services.insert(
+                key,
+                Entry {
+                    service: svc.clone(),
+                    slices: sl.into_iter().cloned().collect(),
+                    legacy: lg.cloned(),
+                    ports,
+                },
+            );
+        }
+        let mut claims: HashMap<ClaimKey, ClaimState> = HashMap::new();
+        let mut conflicted = false;
+        let mut tables = Vec::new();
+        for &f in &globals.families {
+            let fragments: Vec<Fragment> = services
+                .values()
+                .map(|e| fragment(&globals, f, &e.ports))
+                .collect();
+            for c in fragments.iter().flat_map(|fr| fr.claims.iter()) {
+                claims
+                    .entry((f, c.set, c.key.clone()))
+                    .and_modify(|s| s.count += 1)
+                    .or_insert_with(|| ClaimState {
+                        count: 1,
+                        data: c.data.clone(),
+                    });
+            }
+            let (table, conflict) = assemble(&globals, f, fragments, &mut notes);
+            conflicted |= conflict;
+            tables.push(table);
+        }
+        self.ruleset = Ruleset { tables };
+        self.services = services;
+        self.claims = claims;
+        self.conflicted = conflicted;
+        self.globals = Some(globals);
+        Update {
+            tx: diff::full(&self.ruleset),
+            full: true,
+            changed: None,
+            notes,
+        }
+    }
+
+    /// The partial transaction, or `None` when only a full rebuild is exact.
+    fn partial(
+        &mut self,
+        objects: &ClusterObjects,
+        globals: &Model,
+        notes: &mut Vec<Skipped>,
+    ) -> Option<(Transaction, (Model, Model))> {
+        let slices = model::group_slices(objects, notes);
+        let legacy = model::legacy_by_service(objects);
+
+        // Services whose inputs differ; `None` for a deleted one. Objects come sorted, so a
+        // duplicate follows its first copy (which wins, as in `render`).
+        let mut changed: Vec<(SvcKey, Option<Entry>)> = Vec::new();
+        let mut kept = 0;
+        let mut last: Option<SvcKey> = None;
+        for svc in &objects.services {
+            let Some(key) = key_of(svc) else { continue };
+            if last.as_ref() == Some(&key) {
+                continue;
+            }
+            let sl: Vec<&Arc<EndpointSlice>> = slices.get(&key).cloned().unwrap_or_default();
+            let lg = legacy.get(&key).copied();
+            let old = self.services.get(&key);
+            kept += usize::from(old.is_some());
+            if !old.is_some_and(|e| e.same_inputs(svc, &sl, lg)) {
+                let ports = model::service(globals, svc, &sl, lg.map(|e| &**e), notes);
+                let entry = Entry {
+                    service: svc.clone(),
+                    slices: sl.into_iter().cloned().collect(),
+                    legacy: lg.cloned(),
+                    ports,
+                };
+                changed.push((key.clone(), Some(entry)));
+            }
+            last = Some(key);
+        }
+        if kept < self.services.len() {
+            let present: std::collections::HashSet<SvcKey> =
+                objects.services.iter().filter_map(|s| key_of(s)).collect();
+            for k in self.services.keys() {
+                if !present.contains(k) {
+                    changed.push((k.clone(), None));
+                }
+            }
+        }
+        if changed.is_empty() {
+            return Some((Transaction::default(), (globals.clone(), globals.clone())));
+        }
+
+        let mut tx = Transaction::default();
+        for &f in &globals.families {
+            let old: Vec<Fragment> = changed
+                .iter()
+                .filter_map(|(k, _)| self.services.get(k))
+                .map(|e| fragment(globals, f, &e.ports))
+                .collect();
+            let new: Vec<Fragment> = changed
+                .iter()
+                .filter_map(|(_, e)| e.as_ref())
+                .map(|e| fragment(globals, f, &e.ports))
+                .collect();
+            let table = self.ruleset.tables.iter().find(|t| t.family == f)?;
+            let shape = Table {
+                family: table.family,
+                name: table.name.clone(),
+                comment: table.comment.clone(),
+                sets: table
+                    .sets
+                    .iter()
+                    .map(|s| Set {
+                        elements: Vec::new(),
+                        ..s.clone()
+                    })
+                    .collect(),
+                chains: Vec::new(),
+            };
+            let (old_table, new_table) = self.claim(f, shape, old, new)?;
+            let step = diff::diff(
+                &Ruleset {
+                    tables: vec![old_table],
+                },
+                &Ruleset {
+                    tables: vec![new_table],
+                },
+            );
+            tx.ops.extend(step.ops);
+        }
+        if let Err(e) = replay(&mut self.ruleset, &tx) {
+            tracing::error!(error = %e, "partial transaction does not fit the kept IR; full sync");
+            return None;
+        }
+
+        let mut before = globals.clone();
+        let mut after = globals.clone();
+        for (key, entry) in changed {
+            let old = match entry {
+                Some(e) => {
+                    after.services.extend(e.ports.iter().cloned());
+                    self.services.insert(key, e)
+                }
+                None => self.services.remove(&key),
+            };
+            if let Some(old) = old {
+                before.services.extend(old.ports);
+            }
+        }
+        Some((tx, (before, after)))
+    }
+
+    /// Moves the claim counts from the `old` fragments to the `new` ones and returns two
+    /// partial tables to diff: the touched elements and the chains as they were and as they
+    /// become. `None` on a conflicting claim.
+    fn claim(
+        &mut self,
+        f: Family,
+        shape: Table,
+        old: Vec<Fragment>,
+        new: Vec<Fragment>,
+    ) -> Option<(Table, Table)> {
+        let presence = |s: Option<&ClaimState>| -> Presence {
+            s.filter(|s| s.count > 0).map(|s| s.data.clone())
+        };
+        let mut touched: BTreeMap<(&'static str, Vec<Value>), Presence> = BTreeMap::new();
+        for c in old.iter().flat_map(|fr| &fr.claims) {
+            let k = (f, c.set, c.key.clone());
+            let state = self.claims.get_mut(&k)?;
+            touched
+                .entry((c.set, c.key.clone()))
+                .or_insert_with(|| Some(state.data.clone()));
+            state.count -= 1;
+        }
+        for c in new.iter().flat_map(|fr| &fr.claims) {
+            let k = (f, c.set, c.key.clone());
+            let before = presence(self.claims.get(&k));
+            touched.entry((c.set, c.key.clone())).or_insert(before);
+            let state = self.claims.entry(k).or_insert(ClaimState {
+                count: 0,
+                data: c.data.clone(),
+            });
+            if state.count > 0 && state.data != c.data {
+                return None;
+            }
+            state.data = c.data.clone();
+            state.count += 1;
+        }
+
+        let (mut before, mut after) = (shape.clone(), shape);
+        for ((set, key), was) in touched {
+            let k = (f, set, key);
+            let now = presence(self.claims.get(&k));
+            if self.claims.get(&k).is_some_and(|s| s.count == 0) {
+                self.claims.remove(&k);
+            }
+            let (_, set, key) = k;
+            let put = |t: &mut Table, p: Presence| {
+                if let (Some(data), Some(s)) = (p, t.sets.iter_mut().find(|s| s.name == set)) {
+                    s.elements.push(Element {
+                        key: key.clone(),
+                        data,
+                    });
+                }
+            };
+            put(&mut before, was);
+            put(&mut after, now);
+        }
+        // The old fragments are rebuilt from the old ports, so their chains are exactly
+        // the ones the kept IR holds.
+        for fr in old {
+            before.chains.extend(fr.chains);
+        }
+        for fr in new {
+            after.chains.extend(fr.chains);
+        }
+        Some((before, after))
+    }
+}
+
+fn key_of(svc: &Service) -> Option<SvcKey> {
+    Some((
+        svc.metadata.namespace.clone()?,
+        svc.metadata.name.clone()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::tx::Op;
+    use serde_json::{json, Value};
+
+    fn opts() -> Options {
+        Options {
+            hostname: "node-a".into(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Options::default()
+        }
+    }
+
+    /// Service `i` in one of several shapes, so that every kind of chain and element shows
+    /// up: plain, UDP, NodePort with eTP=Local, LoadBalancer with source ranges, affinity.
+    fn service(i: usize, variant: usize) -> Value {
+        let mut spec = json!({
+            "clusterIP": format!("10.96.0.{}", i + 1),
+            "ports": [{"name": "p", "port": 80, "protocol": "TCP", "targetPort": 8080}]
+        });
+        match (i + variant) % 5 {
+            1 => spec["ports"][0]["protocol"] = json!("UDP"),
+            2 => {
+                spec["type"] = json!("NodePort");
+                spec["externalTrafficPolicy"] = json!("Local");
+                spec["ports"][0]["nodePort"] = json!(30000 + i);
+            }
+            3 => {
+                spec["type"] = json!("LoadBalancer");
+                spec["loadBalancerSourceRanges"] = json!(["192.0.2.0/24"]);
+                spec["ports"][0]["nodePort"] = json!(31000 + i);
+            }
+            4 => spec["sessionAffinity"] = json!("ClientIP"),
+            _ => {}
+        }
+        let mut svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("s{i}"), "namespace": "ns"}, "spec": spec});
+        if (i + variant) % 5 == 3 {
+            svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": format!("203.0.113.{}", i + 1)}]}});
+        }
+        svc
+    }
+
+    fn slice(i: usize, endpoints: &[usize]) -> Value {
+        let proto = if i % 5 == 1 { "UDP" } else { "TCP" };
+        let eps: Vec<Value> = endpoints
+            .iter()
+            .map(|e| {
+                json!({"addresses": [format!("10.244.{}.{}", e % 2, e)],
+                       "conditions": {"ready": true},
+                       "nodeName": if e % 2 == 0 { "node-a" } else { "node-b" }})
+            })
+            .collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("s{i}-x"), "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+            "addressType": "IPv4", "endpoints": eps,
+            "ports": [{"name": "p", "port": 8080, "protocol": proto}]})
+    }
+
+    fn node(ip: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+               "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+    }
+
+    fn objects_of(docs: &[Value]) -> ClusterObjects {
+        let mut o = ClusterObjects::default();
+        let text = serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": docs}))
+            .unwrap();
+        o.add_text("t", &text, &mut vec![]).unwrap();
+        o.sort();
+        o
+    }
+
+    /// Replaces (or adds) the objects of `docs` in `o`, keeping every other object's `Arc`,
+    /// as a reflector store does.
+    fn with(o: &ClusterObjects, docs: &[Value]) -> ClusterObjects {
+        let new = objects_of(docs);
+        let mut out = o.clone();
+        fn merge<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+            into: &mut Vec<Arc<T>>,
+            from: &[Arc<T>],
+        ) {
+            for n in from {
+                let key = |x: &T| (x.metadata().namespace.clone(), x.metadata().name.clone());
+                into.retain(|x| key(x) != key(n));
+                into.push(n.clone());
+            }
+        }
+        merge(&mut out.services, &new.services);
+        merge(&mut out.endpoint_slices, &new.endpoint_slices);
+        merge(&mut out.nodes, &new.nodes);
+        out.sort();
+        out
+    }
+
+    fn without_service(o: &ClusterObjects, i: usize) -> ClusterObjects {
+        let mut out = o.clone();
+        let name = format!("s{i}");
+        out.services
+            .retain(|s| s.metadata.name.as_deref() != Some(name.as_str()));
+        out
+    }
+
+    fn check(d: &mut Desired, o: &ClusterObjects, expect_full: bool) -> Update {
+        let before = d.ruleset().clone();
+        let u = d.update(o, false);
+        let (rendered, _) = crate::render::ruleset(o, &opts());
+        assert_eq!(d.ruleset(), &rendered, "kept IR differs from a fresh render");
+        assert_eq!(u.full, expect_full);
+        if !u.full {
+            let mut replayed = before;
+            replay(&mut replayed, &u.tx).unwrap();
+            assert_eq!(replayed, rendered);
+        }
+        u
+    }
+
+    fn start(n: usize) -> (Desired, ClusterObjects) {
+        let mut docs = vec![node("192.168.0.10")];
+        for i in 0..n {
+            docs.push(service(i, 0));
+            docs.push(slice(i, &[i * 3, i * 3 + 1, i * 3 + 2]));
+        }
+        let o = objects_of(&docs);
+        let mut d = Desired::new(opts());
+        let u = check(&mut d, &o, true);
+        assert!(u.changed.is_none());
+        (d, o)
+    }
+
+    fn chains_touched(tx: &Transaction) -> std::collections::BTreeSet<String> {
+        tx.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::AddChain { chain, .. } => Some(chain.name.clone()),
+                Op::FlushChain { chain, .. }
+                | Op::DeleteChain { chain, .. }
+                | Op::AddRule { chain, .. } => Some(chain.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_changed_gives_an_empty_partial_transaction() {
+        let (mut d, o) = start(10);
+        let u = check(&mut d, &o.clone(), false);
+        assert!(u.tx.is_empty());
+    }
+
+    #[test]
+    fn one_endpoint_change_rebuilds_one_service_only() {
+        let (mut d, o) = start(10);
+        let o2 = with(&o, &[slice(0, &[0, 1, 99])]);
+        let u = check(&mut d, &o2, false);
+        let touched = chains_touched(&u.tx);
+        assert_eq!(touched.len(), 1, "{touched:?}");
+        assert!(touched.iter().all(|c| c.contains("ns/s0/")), "{touched:?}");
+        let (before, after) = u.changed.unwrap();
+        assert_eq!(before.services.len(), 1);
+        assert_eq!(after.services[0].endpoints.len(), 3);
+    }
+
+    #[test]
+    fn every_kind_of_change_keeps_the_ir_equal_to_a_fresh_render() {
+        let (mut d, mut o) = start(12);
+        // Each step: the objects after it, and whether it needs a full rebuild.
+        for step in 0..40 {
+            let i = (step * 7) % 12;
+            let next = match step % 8 {
+                0 => with(&o, &[slice(i, &[i * 3 + 1])]),
+                1 => with(&o, &[slice(i, &[])]),
+                2 => with(&o, &[service(i, step)]),
+                3 => without_service(&o, i),
+                4 => with(&o, &[service(i, 0), slice(i, &[i * 3, 200 + step])]),
+                5 => with(&o, &[slice(i, &[i * 3, i * 3 + 1, i * 3 + 2, 300 + step])]),
+                6 => with(&o, &[service(40 + step, step), slice(40 + step, &[step])]),
+                _ => o.clone(),
+            };
+            check(&mut d, &next, false);
+            o = next;
+        }
+    }
+
+    #[test]
+    fn a_conflicting_claim_falls_back_to_full_rebuilds_until_it_is_gone() {
+        let (mut d, o) = start(4);
+        // s9 takes s0's ClusterIP and port with other endpoints: first in order wins.
+        let mut clash = service(9, 0);
+        clash["spec"]["clusterIP"] = json!("10.96.0.1");
+        let o2 = with(&o, &[clash, slice(9, &[50])]);
+        check(&mut d, &o2, true);
+        let o3 = with(&o2, &[slice(1, &[7])]);
+        check(&mut d, &o3, true);
+        let o4 = without_service(&o3, 9);
+        check(&mut d, &o4, true);
+        let o5 = with(&o4, &[slice(1, &[8])]);
+        check(&mut d, &o5, false);
+    }
+
+    #[test]
+    fn a_node_change_is_a_full_rebuild() {
+        let (mut d, o) = start(4);
+        let o2 = with(&o, &[node("192.168.0.11")]);
+        check(&mut d, &o2, true);
+    }
+}
