@@ -7,43 +7,179 @@
 //! Service's business (node, families, CIDRs) changing, or two Services claiming one key
 //! with different data, falls back to a full rebuild.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::input::{ClusterObjects, Skipped};
-use crate::model::{self, Model, ServicePort, SvcKey};
+use crate::model::{self, Model, ServicePort, SvcKey, LABEL_SERVICE_NAME};
 use crate::options::Options;
 use crate::ruleset::{assemble, fragment, Fragment};
 use crate::ruleset::diff;
 use crate::ruleset::ir::{Element, ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
 
-/// The objects one Service was built from, and what they gave.
+/// What one Service gave.
 struct Entry {
-    service: Arc<Service>,
-    slices: Vec<Arc<EndpointSlice>>,
-    legacy: Option<Arc<Endpoints>>,
     ports: Vec<ServicePort>,
 }
 
-impl Entry {
-    fn same_inputs(
-        &self,
-        svc: &Arc<Service>,
-        slices: &[&Arc<EndpointSlice>],
-        legacy: Option<&Arc<Endpoints>>,
-    ) -> bool {
-        Arc::ptr_eq(&self.service, svc)
-            && self.slices.len() == slices.len()
-            && self.slices.iter().zip(slices).all(|(a, b)| Arc::ptr_eq(a, b))
-            && match (&self.legacy, legacy) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
+/// The objects of the last update, sorted as `ClusterObjects::sort` sorts them, and the
+/// endpoint objects grouped by the Service they belong to (slices in name order, as a full
+/// build sees them). Comparing the next snapshot against these finds what changed with a
+/// pointer comparison per unchanged object: the reflectors hand out the same `Arc` for an
+/// object that did not change (and these copies keep the old ones alive, so an address
+/// cannot be reused by a new object).
+#[derive(Default)]
+struct Inputs {
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    endpoints: Vec<Arc<Endpoints>>,
+    slices_of: HashMap<SvcKey, Vec<Arc<EndpointSlice>>>,
+    endpoints_of: HashMap<SvcKey, Arc<Endpoints>>,
+}
+
+impl Inputs {
+    fn of(objects: &ClusterObjects, notes: &mut Vec<Skipped>) -> Inputs {
+        let owned = |k: model::ObjKey| (k.0.to_string(), k.1.to_string());
+        Inputs {
+            services: objects.services.clone(),
+            slices: objects.endpoint_slices.clone(),
+            endpoints: objects.endpoints.clone(),
+            slices_of: model::group_slices(objects, notes)
+                .into_iter()
+                .map(|(k, v)| (owned(k), v.into_iter().cloned().collect()))
+                .collect(),
+            endpoints_of: model::legacy_by_service(objects)
+                .into_iter()
+                .map(|(k, v)| (owned(k), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// The first Service object named `key` (a duplicate loses, as in `render`).
+    fn service(&self, key: &SvcKey) -> Option<&Arc<Service>> {
+        let k = (key.0.as_str(), key.1.as_str());
+        let at = self
+            .services
+            .partition_point(|s| model::obj_key(&s.metadata).is_none_or(|o| o < k));
+        self.services
+            .get(at)
+            .filter(|s| model::obj_key(&s.metadata) == Some(k))
+    }
+
+    /// Moves to `objects` and returns the keys of the Services whose inputs changed.
+    fn advance(&mut self, objects: &ClusterObjects) -> BTreeSet<SvcKey> {
+        let mut affected = BTreeSet::new();
+        let key = |m: &ObjectMeta| {
+            model::obj_key(m).map(|(a, b)| (a.to_string(), b.to_string()))
+        };
+        for (old, new) in changes(&self.services, &objects.services) {
+            affected.extend(old.and_then(|o| key(&o.metadata)));
+            affected.extend(new.and_then(|n| key(&n.metadata)));
+        }
+        for (old, new) in changes(&self.endpoints, &objects.endpoints) {
+            for e in old.iter().chain(new.iter()) {
+                if let Some(k) = key(&e.metadata) {
+                    self.endpoints_of.remove(&k);
+                    affected.insert(k);
+                }
             }
+        }
+        for (old, new) in changes(&self.slices, &objects.endpoint_slices) {
+            if let Some(o) = old {
+                if let Some(k) = owner(&o) {
+                    if let Some(list) = self.slices_of.get_mut(&k) {
+                        list.retain(|s| !Arc::ptr_eq(s, &o));
+                    }
+                    affected.insert(k);
+                }
+            }
+            if let Some(n) = new {
+                if let Some(k) = owner(&n) {
+                    let list = self.slices_of.entry(k.clone()).or_default();
+                    let name = n.metadata.name.as_deref();
+                    let at = list.partition_point(|s| s.metadata.name.as_deref() <= name);
+                    list.insert(at, n);
+                    affected.insert(k);
+                }
+            }
+        }
+        self.slices_of.retain(|_, v| !v.is_empty());
+        // Endpoints objects are few and whole; regrouping the affected ones keeps the
+        // first-copy rule of `legacy_by_service`.
+        for e in &objects.endpoints {
+            if let Some(k) = key(&e.metadata) {
+                if affected.contains(&k) && !self.endpoints_of.contains_key(&k) {
+                    self.endpoints_of.insert(k, e.clone());
+                }
+            }
+        }
+        self.services = objects.services.clone();
+        self.slices = objects.endpoint_slices.clone();
+        self.endpoints = objects.endpoints.clone();
+        affected
+    }
+}
+
+/// The Service an EndpointSlice belongs to, if the model uses it at all (the filter of
+/// `model::group_slices`).
+fn owner(s: &EndpointSlice) -> Option<SvcKey> {
+    if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+        return None;
+    }
+    let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    Some((s.metadata.namespace.clone()?, svc.clone()))
+}
+
+/// The differences between two lists sorted by namespace and name: (old, new) pairs, one
+/// side `None` for an added or removed object. Equal pointers are skipped without looking
+/// at names, so an unchanged list costs one comparison per object.
+fn changes<T: k8s_openapi::Metadata<Ty = ObjectMeta>>(
+    old: &[Arc<T>],
+    new: &[Arc<T>],
+) -> Vec<(Option<Arc<T>>, Option<Arc<T>>)> {
+    use std::cmp::Ordering;
+    let name = |o: &Arc<T>| {
+        let m = o.metadata();
+        (m.namespace.clone(), m.name.clone())
+    };
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    loop {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) => match name(a).cmp(&name(b)) {
+                Ordering::Less => {
+                    out.push((Some(a.clone()), None));
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    out.push((None, Some(b.clone())));
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    out.push((Some(a.clone()), Some(b.clone())));
+                    i += 1;
+                    j += 1;
+                }
+            },
+            (Some(a), None) => {
+                out.push((Some(a.clone()), None));
+                i += 1;
+            }
+            (None, Some(b)) => {
+                out.push((None, Some(b.clone())));
+                j += 1;
+            }
+            (None, None) => return out,
+        }
     }
 }
 
@@ -71,6 +207,7 @@ pub struct Update {
 pub struct Desired {
     opts: Options,
     globals: Option<Model>,
+    inputs: Inputs,
     services: BTreeMap<SvcKey, Entry>,
     claims: HashMap<ClaimKey, ClaimState>,
     /// Two Services claimed one key with different data: the winner depends on the order
@@ -87,6 +224,7 @@ impl Desired {
         Desired {
             opts,
             globals: None,
+            inputs: Inputs::default(),
             services: BTreeMap::new(),
             claims: HashMap::new(),
             conflicted: false,
@@ -145,27 +283,24 @@ impl Desired {
         }
     }
 
-    fn rebuild(&mut self, objects: &ClusterObjects, globals: Model, mut notes: Vec<Skipped>) -> Update {
-        let slices = model::group_slices(objects, &mut notes);
-        let legacy = model::legacy_by_service(objects);
+    fn rebuild(
+        &mut self,
+        objects: &ClusterObjects,
+        globals: Model,
+        mut notes: Vec<Skipped>,
+    ) -> Update {
+        let inputs = Inputs::of(objects, &mut notes);
         let mut services = BTreeMap::new();
         for svc in &objects.services {
-            let Some(key) = key_of(svc) else { continue };
+            let Some(k) = model::obj_key(&svc.metadata) else {
+                continue;
+            };
+            let key = (k.0.to_string(), k.1.to_string());
             if services.contains_key(&key) {
                 continue; // a duplicate: the first copy is used, as in `render`
             }
-            let sl: Vec<&Arc<EndpointSlice>> = slices.get(&key).cloned().unwrap_or_default();
-            let lg = legacy.get(&key).copied();
-            let ports = model::service(&globals, svc, &sl, lg.map(|e| &**e), &mut notes);
-            services.insert(
-                key,
-                Entry {
-                    service: svc.clone(),
-                    slices: sl.into_iter().cloned().collect(),
-                    legacy: lg.cloned(),
-                    ports,
-                },
-            );
+            let ports = entry_ports(&inputs, &globals, &key, svc, &mut notes);
+            services.insert(key, Entry { ports });
         }
         let mut claims: HashMap<ClaimKey, ClaimState> = HashMap::new();
         let mut conflicted = false;
@@ -189,6 +324,7 @@ impl Desired {
             tables.push(table);
         }
         self.ruleset = Ruleset { tables };
+        self.inputs = inputs;
         self.services = services;
         self.claims = claims;
         self.conflicted = conflicted;
@@ -208,42 +344,14 @@ impl Desired {
         globals: &Model,
         notes: &mut Vec<Skipped>,
     ) -> Option<(Transaction, (Model, Model))> {
-        let slices = model::group_slices(objects, notes);
-        let legacy = model::legacy_by_service(objects);
-
-        // Services whose inputs differ; `None` for a deleted one. Objects come sorted, so a
-        // duplicate follows its first copy (which wins, as in `render`).
+        let affected = self.inputs.advance(objects);
         let mut changed: Vec<(SvcKey, Option<Entry>)> = Vec::new();
-        let mut kept = 0;
-        let mut last: Option<SvcKey> = None;
-        for svc in &objects.services {
-            let Some(key) = key_of(svc) else { continue };
-            if last.as_ref() == Some(&key) {
-                continue;
-            }
-            let sl: Vec<&Arc<EndpointSlice>> = slices.get(&key).cloned().unwrap_or_default();
-            let lg = legacy.get(&key).copied();
-            let old = self.services.get(&key);
-            kept += usize::from(old.is_some());
-            if !old.is_some_and(|e| e.same_inputs(svc, &sl, lg)) {
-                let ports = model::service(globals, svc, &sl, lg.map(|e| &**e), notes);
-                let entry = Entry {
-                    service: svc.clone(),
-                    slices: sl.into_iter().cloned().collect(),
-                    legacy: lg.cloned(),
-                    ports,
-                };
-                changed.push((key.clone(), Some(entry)));
-            }
-            last = Some(key);
-        }
-        if kept < self.services.len() {
-            let present: std::collections::HashSet<SvcKey> =
-                objects.services.iter().filter_map(|s| key_of(s)).collect();
-            for k in self.services.keys() {
-                if !present.contains(k) {
-                    changed.push((k.clone(), None));
-                }
+        for key in affected {
+            let entry = self.inputs.service(&key).map(|svc| Entry {
+                ports: entry_ports(&self.inputs, globals, &key, svc, notes),
+            });
+            if entry.is_some() || self.services.contains_key(&key) {
+                changed.push((key, entry));
             }
         }
         if changed.is_empty() {
@@ -378,11 +486,17 @@ impl Desired {
     }
 }
 
-fn key_of(svc: &Service) -> Option<SvcKey> {
-    Some((
-        svc.metadata.namespace.clone()?,
-        svc.metadata.name.clone()?,
-    ))
+/// The ports of Service `key` from the grouped inputs.
+fn entry_ports(
+    inputs: &Inputs,
+    globals: &Model,
+    key: &SvcKey,
+    svc: &Service,
+    notes: &mut Vec<Skipped>,
+) -> Vec<ServicePort> {
+    let slices = inputs.slices_of.get(key).map(Vec::as_slice).unwrap_or(&[]);
+    let legacy = inputs.endpoints_of.get(key).map(|e| &**e);
+    model::service(globals, svc, slices, legacy, notes)
 }
 
 #[cfg(test)]
@@ -477,8 +591,29 @@ mod tests {
         }
         merge(&mut out.services, &new.services);
         merge(&mut out.endpoint_slices, &new.endpoint_slices);
+        merge(&mut out.endpoints, &new.endpoints);
         merge(&mut out.nodes, &new.nodes);
         out.sort();
+        out
+    }
+
+    /// v1 Endpoints for Service `i` (used only while it has no EndpointSlice).
+    fn legacy(i: usize, endpoints: &[usize]) -> Value {
+        let addresses: Vec<Value> = endpoints
+            .iter()
+            .map(|e| json!({"ip": format!("10.244.2.{e}"), "nodeName": "node-a"}))
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": format!("s{i}"), "namespace": "ns"},
+            "subsets": [{"addresses": addresses,
+                         "ports": [{"name": "p", "port": 8080, "protocol": if i % 5 == 1 { "UDP" } else { "TCP" }}]}]})
+    }
+
+    fn without_slice(o: &ClusterObjects, i: usize) -> ClusterObjects {
+        let mut out = o.clone();
+        let name = format!("s{i}-x");
+        out.endpoint_slices
+            .retain(|s| s.metadata.name.as_deref() != Some(name.as_str()));
         out
     }
 
@@ -564,7 +699,22 @@ mod tests {
                 4 => with(&o, &[service(i, 0), slice(i, &[i * 3, 200 + step])]),
                 5 => with(&o, &[slice(i, &[i * 3, i * 3 + 1, i * 3 + 2, 300 + step])]),
                 6 => with(&o, &[service(40 + step, step), slice(40 + step, &[step])]),
-                _ => o.clone(),
+                7 if step % 16 == 7 => {
+                    // The slice moves to another Service, and v1 Endpoints take over.
+                    let mut moved = slice(i, &[i * 3]);
+                    moved["metadata"]["labels"]["kubernetes.io/service-name"] =
+                        json!(format!("s{}", (i + 1) % 12));
+                    with(&without_slice(&o, i), &[legacy(i, &[step]), moved])
+                }
+                _ => {
+                    // A second copy of a Service object: the first one stays in use.
+                    let mut copy = service(i, step + 1);
+                    copy["metadata"]["uid"] = json!("copy");
+                    let mut out = o.clone();
+                    out.services.extend(objects_of(&[copy]).services);
+                    out.sort();
+                    out
+                }
             };
             check(&mut d, &next, false);
             o = next;

@@ -62,6 +62,8 @@ pub struct SyncReport {
     pub elapsed: Duration,
     /// From each change's arrival to the end of the apply that carried it.
     pub latencies: Vec<Duration>,
+    /// When the apply ended (arrival = `finished - latency`).
+    pub finished: Instant,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -162,6 +164,7 @@ pub async fn run<S, F>(
                     ops: tx.ops.len(),
                     elapsed: done - started,
                     latencies: arrivals.iter().map(|a| done - *a).collect(),
+                    finished: done,
                 };
                 tracing::info!(
                     full,

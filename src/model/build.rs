@@ -15,7 +15,7 @@ use crate::options::{NodePortAddresses, Options};
 
 const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
-const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 const DEFAULT_AFFINITY_TIMEOUT: i32 = 10800;
 
@@ -28,11 +28,11 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
     let mut services = Vec::new();
     let mut known = BTreeSet::new();
     for svc in &objects.services {
-        let Some(key) = object_key(&svc.metadata) else {
+        let Some(key) = obj_key(&svc.metadata) else {
             notes.push(skip("Service (unnamed)", "has no name or namespace"));
             continue;
         };
-        if !known.insert(key.clone()) {
+        if !known.insert(key) {
             let what = format!("Service {}/{}", key.0, key.1);
             notes.push(skip(
                 &what,
@@ -167,11 +167,11 @@ pub fn service<S: AsRef<EndpointSlice>>(
 }
 
 /// v1 Endpoints by Service (namespace, name).
-pub fn legacy_by_service(objects: &ClusterObjects) -> BTreeMap<SvcKey, &Arc<Endpoints>> {
+pub fn legacy_by_service(objects: &ClusterObjects) -> BTreeMap<ObjKey<'_>, &Arc<Endpoints>> {
     objects
         .endpoints
         .iter()
-        .filter_map(|e| Some(((e.metadata.namespace.clone()?, e.metadata.name.clone()?), e)))
+        .filter_map(|e| Some((obj_key(&e.metadata)?, e)))
         .collect()
 }
 
@@ -184,6 +184,11 @@ fn skip(object: &str, reason: &str) -> Skipped {
 
 fn net_family(n: &IpNet) -> Family {
     Family::of(&n.addr())
+}
+
+/// The namespace and name of an object, borrowed.
+pub fn obj_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ObjKey<'_>> {
+    Some((m.namespace.as_deref()?, m.name.as_deref()?))
 }
 
 fn object_key(
@@ -472,20 +477,25 @@ fn shorten(s: &str) -> String {
 
 pub type SvcKey = (String, String);
 
+/// A namespace and name borrowed from an object.
+pub type ObjKey<'a> = (&'a str, &'a str);
+
 /// EndpointSlices by the Service (namespace, name) they belong to.
 pub fn group_slices<'a>(
     o: &'a ClusterObjects,
     notes: &mut Vec<Skipped>,
-) -> BTreeMap<SvcKey, Vec<&'a Arc<EndpointSlice>>> {
-    let mut out: BTreeMap<SvcKey, Vec<&Arc<EndpointSlice>>> = BTreeMap::new();
+) -> BTreeMap<ObjKey<'a>, Vec<&'a Arc<EndpointSlice>>> {
+    let mut out: BTreeMap<ObjKey<'a>, Vec<&Arc<EndpointSlice>>> = BTreeMap::new();
     for s in &o.endpoint_slices {
-        let what = format!(
-            "EndpointSlice {}/{}",
-            s.metadata.namespace.as_deref().unwrap_or(""),
-            s.metadata.name.as_deref().unwrap_or("")
-        );
+        let what = || {
+            format!(
+                "EndpointSlice {}/{}",
+                s.metadata.namespace.as_deref().unwrap_or(""),
+                s.metadata.name.as_deref().unwrap_or("")
+            )
+        };
         if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
-            tracing::debug!(slice = what, "ignoring addressType {}", s.address_type);
+            tracing::debug!(slice = what(), "ignoring addressType {}", s.address_type);
             continue;
         }
         let svc = s
@@ -494,8 +504,8 @@ pub fn group_slices<'a>(
             .as_ref()
             .and_then(|l| l.get(LABEL_SERVICE_NAME));
         match (&s.metadata.namespace, svc) {
-            (Some(ns), Some(svc)) => out.entry((ns.clone(), svc.clone())).or_default().push(s),
-            _ => notes.push(skip(&what, "has no kubernetes.io/service-name label")),
+            (Some(ns), Some(svc)) => out.entry((ns.as_str(), svc.as_str())).or_default().push(s),
+            _ => notes.push(skip(&what(), "has no kubernetes.io/service-name label")),
         }
     }
     out

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 
 pub use crate::ruleset::ir::{Family, Proto};
 pub use build::{
-    build, globals, group_slices, legacy_by_service, nodeport_ips, parse_cidr, service, NodePortIps,
-    SvcKey,
+    build, globals, obj_key, group_slices, legacy_by_service, nodeport_ips, parse_cidr, service, NodePortIps,
+    ObjKey, SvcKey, LABEL_SERVICE_NAME,
 };
 pub use endpoints::{categorize, Categorized};
 
