@@ -231,7 +231,9 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
     let mut desired = crate::desired::Desired::new(opts.clone());
     let first = desired.update(&objects, true);
     if desired.ruleset() != &rs || !first.full {
-        return Err(BenchError::Input("the kept state differs from render".into()));
+        return Err(BenchError::Input(
+            "the kept state differs from render".into(),
+        ));
     }
     let mut compute = Vec::new();
     let mut kernel = Vec::new();
@@ -250,7 +252,9 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
         let t = Instant::now();
         let update = desired.update(&objects, false);
         if update.full {
-            return Err(BenchError::Input("a one-endpoint change needed a full sync".into()));
+            return Err(BenchError::Input(
+                "a one-endpoint change needed a full sync".into(),
+            ));
         }
         compute.push(t.elapsed());
         let decls = netlink::SetDecls::from_ruleset(desired.ruleset());

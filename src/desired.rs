@@ -17,10 +17,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::input::{ClusterObjects, Skipped};
 use crate::model::{self, Model, ServicePort, SvcKey, LABEL_SERVICE_NAME};
 use crate::options::Options;
-use crate::ruleset::{assemble, fragment, Fragment};
 use crate::ruleset::diff;
 use crate::ruleset::ir::{Element, ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
+use crate::ruleset::{assemble, fragment, Fragment};
 
 /// What one Service gave.
 struct Entry {
@@ -74,9 +74,7 @@ impl Inputs {
     /// Moves to `objects` and returns the keys of the Services whose inputs changed.
     fn advance(&mut self, objects: &ClusterObjects) -> BTreeSet<SvcKey> {
         let mut affected = BTreeSet::new();
-        let key = |m: &ObjectMeta| {
-            model::obj_key(m).map(|(a, b)| (a.to_string(), b.to_string()))
-        };
+        let key = |m: &ObjectMeta| model::obj_key(m).map(|(a, b)| (a.to_string(), b.to_string()));
         for (old, new) in changes(&self.services, &objects.services) {
             affected.extend(old.and_then(|o| key(&o.metadata)));
             affected.extend(new.and_then(|n| key(&n.metadata)));
@@ -135,13 +133,16 @@ fn owner(s: &EndpointSlice) -> Option<SvcKey> {
     Some((s.metadata.namespace.clone()?, svc.clone()))
 }
 
+/// An object before and after; `None` on the side where it does not exist.
+type Change<T> = (Option<Arc<T>>, Option<Arc<T>>);
+
 /// The differences between two lists sorted by namespace and name: (old, new) pairs, one
 /// side `None` for an added or removed object. Equal pointers are skipped without looking
 /// at names, so an unchanged list costs one comparison per object.
 fn changes<T: k8s_openapi::Metadata<Ty = ObjectMeta>>(
     old: &[Arc<T>],
     new: &[Arc<T>],
-) -> Vec<(Option<Arc<T>>, Option<Arc<T>>)> {
+) -> Vec<Change<T>> {
     use std::cmp::Ordering;
     let name = |o: &Arc<T>| {
         let m = o.metadata();
@@ -538,7 +539,8 @@ mod tests {
         let mut svc = json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": format!("s{i}"), "namespace": "ns"}, "spec": spec});
         if (i + variant) % 5 == 3 {
-            svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": format!("203.0.113.{}", i + 1)}]}});
+            svc["status"] =
+                json!({"loadBalancer": {"ingress": [{"ip": format!("203.0.113.{}", i + 1)}]}});
         }
         svc
     }
@@ -567,8 +569,9 @@ mod tests {
 
     fn objects_of(docs: &[Value]) -> ClusterObjects {
         let mut o = ClusterObjects::default();
-        let text = serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": docs}))
-            .unwrap();
+        let text =
+            serde_json::to_string(&json!({"kind": "List", "apiVersion": "v1", "items": docs}))
+                .unwrap();
         o.add_text("t", &text, &mut vec![]).unwrap();
         o.sort();
         o
@@ -579,7 +582,9 @@ mod tests {
     fn with(o: &ClusterObjects, docs: &[Value]) -> ClusterObjects {
         let new = objects_of(docs);
         let mut out = o.clone();
-        fn merge<T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
+        fn merge<
+            T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+        >(
             into: &mut Vec<Arc<T>>,
             from: &[Arc<T>],
         ) {
@@ -629,7 +634,11 @@ mod tests {
         let before = d.ruleset().clone();
         let u = d.update(o, false);
         let (rendered, _) = crate::render::ruleset(o, &opts());
-        assert_eq!(d.ruleset(), &rendered, "kept IR differs from a fresh render");
+        assert_eq!(
+            d.ruleset(),
+            &rendered,
+            "kept IR differs from a fresh render"
+        );
         assert_eq!(u.full, expect_full);
         if !u.full {
             let mut replayed = before;
@@ -742,5 +751,41 @@ mod tests {
         let (mut d, o) = start(4);
         let o2 = with(&o, &[node("192.168.0.11")]);
         check(&mut d, &o2, true);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any sequence of changes leaves the kept IR equal to a fresh render, and every
+        /// partial transaction replays onto the previous IR.
+        #[test]
+        fn random_change_sequences_match_a_fresh_render(
+            steps in proptest::collection::vec(
+                (0usize..6, 0usize..10, 0usize..5, proptest::collection::vec(0usize..40, 0..5)),
+                1..25,
+            )
+        ) {
+            let (mut d, mut o) = start(6);
+            for (kind, i, variant, eps) in steps {
+                let next = match kind {
+                    0 => with(&o, &[slice(i, &eps)]),
+                    1 => with(&o, &[service(i, variant)]),
+                    2 => without_service(&o, i),
+                    3 => without_slice(&o, i),
+                    4 => with(&o, &[legacy(i, &eps)]),
+                    _ => with(&o, &[service(i, variant), slice(i, &eps)]),
+                };
+                let before = d.ruleset().clone();
+                let u = d.update(&next, false);
+                let (rendered, _) = crate::render::ruleset(&next, &opts());
+                proptest::prop_assert_eq!(d.ruleset(), &rendered);
+                if !u.full {
+                    let mut replayed = before;
+                    replay(&mut replayed, &u.tx).unwrap();
+                    proptest::prop_assert_eq!(&replayed, &rendered);
+                }
+                o = next;
+            }
+        }
     }
 }

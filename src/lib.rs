@@ -7,8 +7,8 @@
 pub mod apply;
 pub mod bench;
 pub mod config;
-pub mod desired;
 pub mod conntrack;
+pub mod desired;
 pub mod input;
 pub mod model;
 pub mod nft;

@@ -187,7 +187,9 @@ fn net_family(n: &IpNet) -> Family {
 }
 
 /// The namespace and name of an object, borrowed.
-pub fn obj_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ObjKey<'_>> {
+pub fn obj_key(
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ObjKey<'_>> {
     Some((m.namespace.as_deref()?, m.name.as_deref()?))
 }
 

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 
 pub use crate::ruleset::ir::{Family, Proto};
 pub use build::{
-    build, globals, obj_key, group_slices, legacy_by_service, nodeport_ips, parse_cidr, service, NodePortIps,
-    ObjKey, SvcKey, LABEL_SERVICE_NAME,
+    build, globals, group_slices, legacy_by_service, nodeport_ips, obj_key, parse_cidr, service,
+    NodePortIps, ObjKey, SvcKey, LABEL_SERVICE_NAME,
 };
 pub use endpoints::{categorize, Categorized};
 

@@ -143,8 +143,8 @@ fn read_loop(fd: OwnedFd, seen: Arc<Mutex<Vec<Instant>>>, stop: Arc<AtomicBool>)
         let n = n as usize;
         let mut off = 0;
         while off + 16 <= n {
-            let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
-                as usize;
+            let len =
+                u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
             let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
             if kind == NEWGEN {
                 if let Ok(mut s) = seen.lock() {

@@ -115,11 +115,7 @@ fn table_mut<'a>(
 
 /// Where chain `name` is, or where it belongs (`Err`).
 fn chain_position(t: &Table, name: &str) -> Result<usize, usize> {
-    let fixed = t
-        .chains
-        .iter()
-        .take_while(|c| is_fixed(&c.name))
-        .count();
+    let fixed = t.chains.iter().take_while(|c| is_fixed(&c.name)).count();
     if is_fixed(name) {
         return t.chains[..fixed]
             .iter()
@@ -264,7 +260,9 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             }
         }
         Op::FlushSet { family, table, set } => {
-            set_mut(table_mut(rs, *family, table)?, set)?.elements.clear();
+            set_mut(table_mut(rs, *family, table)?, set)?
+                .elements
+                .clear();
         }
     }
     Ok(())
