@@ -20,7 +20,8 @@ pub trait Sink: Send {
     fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String>;
 
     /// Called after a successful apply with the models before and after (conntrack
-    /// cleanup for the kernel sink).
+    /// cleanup for the kernel sink). After a full sync `old` is `None` and `new` holds the
+    /// UDP Service ports only.
     fn after_apply(&mut self, _old: Option<&Model>, _new: &Model) {}
 
     /// Whether the target still holds the tables of `applied`; `false` forces a full sync.
@@ -156,7 +157,12 @@ pub async fn run<S, F>(
             Ok(()) => {
                 match &update.changed {
                     Some((before, after)) => sink.after_apply(Some(before), after),
-                    None => sink.after_apply(None, &desired.model()),
+                    // After a full sync the sink checks conntrack against every Service,
+                    // and only UDP flows go stale.
+                    None => sink.after_apply(
+                        None,
+                        &desired.model_where(|sp| sp.protocol == crate::model::Proto::Udp),
+                    ),
                 }
                 let done = Instant::now();
                 let report = SyncReport {
