@@ -9,10 +9,6 @@
 
 mod support;
 
-// The same allocator as the agent binary, so the figures are the binary's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

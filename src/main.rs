@@ -16,11 +16,6 @@ use kube_nftproxy::ruleset::ir::Ruleset;
 use kube_nftproxy::synthetic;
 use kube_nftproxy::watch::{self, Changes, EndpointsApi};
 
-// The sync path allocates many small objects per Service; glibc's allocator spent a quarter
-// of a 10k-Service rebuild in its own bookkeeping.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A kube-proxy replacement that programs nftables.
 #[derive(Parser, Debug)]
 #[command(name = "kube-nftproxy", version, about)]
