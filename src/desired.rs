@@ -272,7 +272,9 @@ impl Desired {
     }
 
     /// Moves the state to `objects` and returns the transaction that moves the kernel
-    /// along: partial when possible, full when `full` is asked for or needed.
+    /// along: partial when possible, full when `full` is asked for or needed. `objects`
+    /// must be sorted (`ClusterObjects::sort`), as reflector snapshots and `render` inputs
+    /// are: changes are found by walking the old and new lists side by side.
     pub fn update(&mut self, objects: &ClusterObjects, full: bool) -> Update {
         let mut notes = Vec::new();
         let globals = model::globals(objects, &self.opts, &mut notes);
