@@ -124,11 +124,13 @@ pub struct KernelSink;
 
 impl crate::reconcile::Sink for KernelSink {
     fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
-        let mut tx = tx.clone();
-        if tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. })) {
-            tx.ops.extend(obsolete_tables(desired));
-        }
-        netlink::apply(&tx, &netlink::SetDecls::from_ruleset(desired))
+        // Appended in the same batch, without copying the (possibly full-sync) transaction.
+        let extra = if tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. })) {
+            obsolete_tables(desired)
+        } else {
+            Vec::new()
+        };
+        netlink::apply_with(tx, &extra, &netlink::SetDecls::from_ruleset(desired))
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

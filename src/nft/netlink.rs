@@ -26,8 +26,9 @@ use rustables::expr::{
     Dynset, Fib, Immediate, Lookup, Masquerade, Meta, MetaType, Nat, Numgen, Payload,
     RawExpression, Register, Reject, VerdictKind, ICMPV6_PORT_UNREACH, ICMP_PORT_UNREACH,
 };
+use rustables::nlmsg::{pad_netlink_object_with_variable_size, NfNetlinkAttribute};
 use rustables::set::{
-    list_set_elements, list_sets_for_table, split_set_elements, SetElement, SetElementList,
+    list_set_elements, list_sets_for_table, SetElement, SetElementList, MAX_SET_ELEM_LIST_BYTES,
 };
 use rustables::{
     list_chains_for_table, list_tables, sys, Batch, Chain as NlChain, ChainPolicy,
@@ -679,11 +680,22 @@ fn nl_chain_type(k: ChainType) -> NlChainType {
 /// batch sequence number, a description of the IR object of each message (index 0 is the
 /// batch-begin marker), so that a kernel error can name what it refused.
 pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>), NetlinkError> {
+    to_batch_with(tx, &[], sets)
+}
+
+/// [`to_batch`] of `tx` followed by `extra` (e.g. deletes of tables the node no longer
+/// needs), without copying either. [`Desc`] indexes count `tx.ops` first, then `extra`.
+pub fn to_batch_with(
+    tx: &Transaction,
+    extra: &[Op],
+    sets: &SetDecls,
+) -> Result<(Batch, Vec<Desc>), NetlinkError> {
     // Measured sizes: a rule is 300-400 bytes, an element 40-60; reserving avoids copying
     // a 40 MB cold-start batch again and again as it grows.
     let estimate: usize = tx
         .ops
         .iter()
+        .chain(extra)
         .map(|op| match op {
             Op::AddElements { elements, .. } | Op::DeleteElements { elements, .. } => {
                 256 + elements.len() * 64
@@ -692,8 +704,8 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
         })
         .sum();
     let mut batch = Batch::with_capacity(estimate);
-    let mut descs = Vec::with_capacity(tx.ops.len() + 1);
-    descs.push(Desc::Text("(batch begin)".to_string()));
+    let mut descs = Vec::with_capacity(tx.ops.len() + extra.len() + 1);
+    descs.push(Desc::Begin);
     let mut cache = SetCache {
         decls: sets,
         table: String::new(),
@@ -705,7 +717,8 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
         descs.push(desc);
         debug_assert_eq!(batch.next_seq() as usize, descs.len());
     };
-    for (op_index, op) in tx.ops.iter().enumerate() {
+    for (op_index, op) in tx.ops.iter().chain(extra).enumerate() {
+        let this = Desc::Op(op_index);
         match op {
             Op::AddTable {
                 family,
@@ -717,22 +730,11 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
                     t = t.with_comment(c);
                 }
                 let seq = batch.add(&t, MsgType::Add);
-                add(
-                    &mut batch,
-                    seq,
-                    Desc::Text(format!("add table {} {name}", text::family_name(*family))),
-                );
+                add(&mut batch, seq, this);
             }
             Op::DeleteTable { family, name } => {
                 let seq = batch.add(&nl_table(*family, name), MsgType::Del);
-                add(
-                    &mut batch,
-                    seq,
-                    Desc::Text(format!(
-                        "delete table {} {name}",
-                        text::family_name(*family)
-                    )),
-                );
+                add(&mut batch, seq, this);
             }
             Op::AddChain {
                 family,
@@ -750,22 +752,17 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
                     c = c.with_comment(cm);
                 }
                 let seq = batch.add(&c, MsgType::Add);
-                add(
-                    &mut batch,
-                    seq,
-                    Desc::Text(format!("add {}", chain_desc(*family, table, &chain.name))),
-                );
+                add(&mut batch, seq, this);
             }
             Op::FlushChain {
                 family,
                 table,
                 chain,
             } => {
-                let object = format!("flush {}", chain_desc(*family, table, chain));
                 let r = NlRule::new(&nl_chain(*family, table, chain))
-                    .map_err(|e| encode_err(&object, e.to_string()))?;
+                    .map_err(|e| encode_err(&op_text(op), e.to_string()))?;
                 let seq = batch.add(&r, MsgType::Del);
-                add(&mut batch, seq, Desc::Text(object));
+                add(&mut batch, seq, this);
             }
             Op::DeleteChain {
                 family,
@@ -773,11 +770,7 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
                 chain,
             } => {
                 let seq = batch.add(&nl_chain(*family, table, chain), MsgType::Del);
-                add(
-                    &mut batch,
-                    seq,
-                    Desc::Text(format!("delete {}", chain_desc(*family, table, chain))),
-                );
+                add(&mut batch, seq, this);
             }
             Op::AddRule {
                 family,
@@ -785,13 +778,7 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
                 chain,
                 rule,
             } => {
-                let object = || {
-                    format!(
-                        "add rule to {}: {}",
-                        chain_desc(*family, table, chain),
-                        text::rule_text(*family, rule)
-                    )
-                };
+                let object = || op_text(op);
                 cache.table.clone_from(table);
                 let r = NlRule::new(&nl_chain(*family, table, chain))
                     .map_err(|e| encode_err(&object(), e.to_string()))?;
@@ -811,21 +798,12 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
                     r = r.with_comment(c);
                 }
                 let seq = batch.add(&r, MsgType::Add);
-                add(&mut batch, seq, Desc::Rule(op_index));
+                add(&mut batch, seq, this);
             }
             Op::AddSet { family, table, set } => {
                 let nl = cache.declare(*family, table, set)?;
                 let seq = batch.add(nl, MsgType::Add);
-                add(
-                    &mut batch,
-                    seq,
-                    Desc::Text(format!(
-                        "add {} {} {table} {}",
-                        set_kind(set),
-                        text::family_name(*family),
-                        set.name
-                    )),
-                );
+                add(&mut batch, seq, this);
             }
             Op::FlushSet { family, table, set } => {
                 // An element list without elements deletes them all.
@@ -837,14 +815,7 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
                     set_id: None,
                 };
                 let seq = batch.add(&l, MsgType::Del);
-                add(
-                    &mut batch,
-                    seq,
-                    Desc::Text(format!(
-                        "flush set {} {table} {set}",
-                        text::family_name(*family)
-                    )),
-                );
+                add(&mut batch, seq, this);
             }
             Op::AddElements {
                 family,
@@ -859,47 +830,56 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
                 elements,
             } => {
                 let adding = matches!(op, Op::AddElements { .. });
-                let verb = if adding { "add" } else { "delete" };
-                let object = format!(
-                    "{verb} elements of {} {table} {set}",
-                    text::family_name(*family)
-                );
+                let object = || {
+                    format!(
+                        "{} elements of {} {table} {set}",
+                        if adding { "add" } else { "delete" },
+                        text::family_name(*family)
+                    )
+                };
                 let Some((decl, nl)) = cache.get(*family, table, set)? else {
                     return Err(NetlinkError::UnknownSet {
-                        object,
+                        object: object(),
                         set: set.clone(),
                     });
                 };
-                let what = format!(
-                    "{} {} {table} {set}",
-                    set_kind(decl),
-                    text::family_name(*family)
-                );
-                let mut encoded = Vec::with_capacity(elements.len());
-                for e in elements {
-                    let (k, d) = encode_element(*family, decl, e, adding).map_err(|r| {
-                        encode_err(&format!("{object}: {}", text::element_text(e)), r)
-                    })?;
-                    encoded.push(nl_element(k, d));
-                }
-                let lists = split_set_elements(nl, encoded);
-                let total = elements.len();
-                let mut first = 0;
-                for l in &lists {
-                    let n = l.iter_elements().count();
-                    let seq = batch.add(l, if adding { MsgType::Add } else { MsgType::Del });
-                    let dir = if adding { "to" } else { "from" };
+                let map = decl.is_map();
+                let msg_type = if adding { MsgType::Add } else { MsgType::Del };
+                // Encoded straight into messages of at most MAX_SET_ELEM_LIST_BYTES (the
+                // packing of `split_set_elements`), each added to the batch as soon as it is
+                // full: the encoded elements of a 100k-element map never exist all at once.
+                let mut list = SetElementList::new(nl);
+                let (mut bytes, mut first) = (0usize, 0usize);
+                let mut flush = |batch: &mut Batch, list: &SetElementList, first, end| {
+                    let seq = batch.add(list, msg_type);
                     add(
-                        &mut batch,
+                        batch,
                         seq,
-                        Desc::Text(format!(
-                            "{verb} elements {}..{} (of {total}) {dir} {what} (first: {})",
-                            first + 1,
-                            first + n,
-                            text::element_text(&elements[first])
-                        )),
+                        Desc::Elements {
+                            op: op_index,
+                            first,
+                            n: end - first,
+                            map,
+                        },
                     );
-                    first += n;
+                };
+                for (i, e) in elements.iter().enumerate() {
+                    let (k, d) = encode_element(*family, decl, e, adding).map_err(|r| {
+                        encode_err(&format!("{}: {}", object(), text::element_text(e)), r)
+                    })?;
+                    let el = nl_element(k, d);
+                    let size = 4 + pad_netlink_object_with_variable_size(el.get_size());
+                    if bytes > 0 && bytes + size > MAX_SET_ELEM_LIST_BYTES {
+                        flush(&mut batch, &list, first, i);
+                        list = SetElementList::new(nl);
+                        bytes = 0;
+                        first = i;
+                    }
+                    list.add_element(el);
+                    bytes += size;
+                }
+                if bytes > 0 {
+                    flush(&mut batch, &list, first, elements.len());
                 }
             }
         }
@@ -907,44 +887,134 @@ pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>),
     Ok((batch, descs))
 }
 
-/// What one batch message carries, for error messages; rules are described only when
-/// one fails, since formatting 100k rules would cost more than encoding them.
-#[derive(Debug, Clone)]
+/// What one batch message carries, for error messages. Built lazily from the operations
+/// only when the kernel refuses a message: formatting 100k rules (or even the names of 10k
+/// chains) would cost more than encoding them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Desc {
+    /// The batch-begin marker.
+    Begin,
     Text(String),
-    /// The `AddRule` at this index of the transaction.
-    Rule(usize),
+    /// The operation at this index (of `tx.ops`, then of the extra operations).
+    Op(usize),
+    /// Elements `first..first + n` of the element operation at index `op`; `map`: whether
+    /// the set is a map.
+    Elements {
+        op: usize,
+        first: usize,
+        n: usize,
+        map: bool,
+    },
+}
+
+/// The description of a single-message operation, as error messages name it.
+fn op_text(op: &Op) -> String {
+    let fam = |f: &Family| text::family_name(*f);
+    match op {
+        Op::AddTable { family, name, .. } => format!("add table {} {name}", fam(family)),
+        Op::DeleteTable { family, name } => format!("delete table {} {name}", fam(family)),
+        Op::AddChain {
+            family,
+            table,
+            chain,
+        } => format!("add {}", chain_desc(*family, table, &chain.name)),
+        Op::FlushChain {
+            family,
+            table,
+            chain,
+        } => format!("flush {}", chain_desc(*family, table, chain)),
+        Op::DeleteChain {
+            family,
+            table,
+            chain,
+        } => format!("delete {}", chain_desc(*family, table, chain)),
+        Op::AddRule {
+            family,
+            table,
+            chain,
+            rule,
+        } => format!(
+            "add rule to {}: {}",
+            chain_desc(*family, table, chain),
+            text::rule_text(*family, rule)
+        ),
+        Op::AddSet { family, table, set } => {
+            format!("add {} {} {table} {}", set_kind(set), fam(family), set.name)
+        }
+        Op::FlushSet { family, table, set } => {
+            format!("flush set {} {table} {set}", fam(family))
+        }
+        Op::AddElements {
+            family, table, set, ..
+        } => format!("add elements of {} {table} {set}", fam(family)),
+        Op::DeleteElements {
+            family, table, set, ..
+        } => format!("delete elements of {} {table} {set}", fam(family)),
+    }
 }
 
 impl Desc {
     pub fn text(&self, tx: &Transaction) -> String {
+        self.text_with(tx, &[])
+    }
+
+    /// The description of a message of [`to_batch_with`]`(tx, extra, ..)`.
+    pub fn text_with(&self, tx: &Transaction, extra: &[Op]) -> String {
+        let op_at = |i: usize| {
+            tx.ops
+                .get(i)
+                .or_else(|| i.checked_sub(tx.ops.len()).and_then(|j| extra.get(j)))
+        };
         match self {
+            Desc::Begin => "(batch begin)".to_string(),
             Desc::Text(t) => t.clone(),
-            Desc::Rule(i) => match tx.ops.get(*i) {
-                Some(Op::AddRule {
-                    family,
-                    table,
-                    chain,
-                    rule,
-                }) => format!(
-                    "add rule to {}: {}",
-                    chain_desc(*family, table, chain),
-                    text::rule_text(*family, rule)
-                ),
-                _ => format!("operation {i}"),
+            Desc::Op(i) => op_at(*i).map_or_else(|| format!("operation {i}"), op_text),
+            Desc::Elements { op, first, n, map } => match op_at(*op) {
+                Some(
+                    o @ (Op::AddElements {
+                        family,
+                        table,
+                        set,
+                        elements,
+                    }
+                    | Op::DeleteElements {
+                        family,
+                        table,
+                        set,
+                        elements,
+                    }),
+                ) => {
+                    let (verb, dir) = match o {
+                        Op::AddElements { .. } => ("add", "to"),
+                        _ => ("delete", "from"),
+                    };
+                    format!(
+                        "{verb} elements {}..{} (of {}) {dir} {} {} {table} {set} (first: {})",
+                        first + 1,
+                        first + n,
+                        elements.len(),
+                        if *map { "map" } else { "set" },
+                        text::family_name(*family),
+                        elements
+                            .get(*first)
+                            .map(text::element_text)
+                            .unwrap_or_default()
+                    )
+                }
+                _ => format!("operation {op}"),
             },
         }
     }
 }
 
-fn kernel_error(e: QueryError, descs: &[Desc], tx: &Transaction) -> NetlinkError {
+fn kernel_error(e: QueryError, descs: &[Desc], tx: &Transaction, extra: &[Op]) -> NetlinkError {
     match e.kernel_error() {
         Some((seq, errno)) => NetlinkError::Kernel {
             seq,
             errno: errno as i32,
             object: descs
                 .get(seq as usize)
-                .map(|d| d.text(tx))
+                .map(|d| d.text_with(tx, extra))
                 .unwrap_or_else(|| format!("unknown message {seq}")),
         },
         None => NetlinkError::Query(e),
@@ -954,15 +1024,27 @@ fn kernel_error(e: QueryError, descs: &[Desc], tx: &Transaction) -> NetlinkError
 /// Sends `tx` as one batch: the kernel applies all of it or, on an error, nothing.
 /// An empty transaction sends nothing.
 pub fn apply(tx: &Transaction, sets: &SetDecls) -> Result<ApplyStats, NetlinkError> {
-    if tx.is_empty() {
+    apply_with(tx, &[], sets)
+}
+
+/// [`apply`] of `tx` followed by `extra` in the same batch (the caller need not copy a
+/// 10k-Service transaction to append a few operations).
+pub fn apply_with(
+    tx: &Transaction,
+    extra: &[Op],
+    sets: &SetDecls,
+) -> Result<ApplyStats, NetlinkError> {
+    if tx.is_empty() && extra.is_empty() {
         return Ok(ApplyStats::default());
     }
     let t0 = Instant::now();
-    let (batch, descs) = to_batch(tx, sets)?;
+    let (batch, descs) = to_batch_with(tx, extra, sets)?;
     let build = t0.elapsed();
     let (messages, bytes) = (batch.len(), batch.size_bytes());
     let t1 = Instant::now();
-    batch.send().map_err(|e| kernel_error(e, &descs, tx))?;
+    batch
+        .send()
+        .map_err(|e| kernel_error(e, &descs, tx, extra))?;
     Ok(ApplyStats {
         messages,
         bytes,
@@ -1348,7 +1430,7 @@ pub fn tables_present(rs: &Ruleset) -> Result<bool, NetlinkError> {
 pub fn delete_tables(names: &[(Family, &str)]) -> Result<bool, NetlinkError> {
     let existing = list_tables()?;
     let mut batch = Batch::new();
-    let mut descs = vec![Desc::Text("(batch begin)".to_string())];
+    let mut descs = vec![Desc::Begin];
     for (f, name) in names {
         let pf = nl_family(*f);
         let found = existing
@@ -1367,7 +1449,7 @@ pub fn delete_tables(names: &[(Family, &str)]) -> Result<bool, NetlinkError> {
     }
     batch
         .send()
-        .map_err(|e| kernel_error(e, &descs, &Transaction::default()))?;
+        .map_err(|e| kernel_error(e, &descs, &Transaction::default(), &[]))?;
     Ok(true)
 }
 
@@ -1836,6 +1918,88 @@ mod tests {
             .iter()
             .any(|d| d.starts_with("add elements 1..")
                 && d.contains("map ip kube-nftproxy service-ips")));
+    }
+
+    #[test]
+    fn elements_are_packed_into_messages_as_split_set_elements_packs_them() {
+        let map = Set {
+            name: "m".into(),
+            key: vec![KeyType::Addr, KeyType::Proto, KeyType::Service],
+            data: Some(MapData::Verdict),
+            flags: SetFlags::default(),
+            timeout: None,
+            comment: None,
+            elements: Vec::new(),
+        };
+        let elements: Vec<Element> = (0..25_000u32)
+            .map(|i| Element {
+                key: vec![
+                    Value::Addr(IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + i))),
+                    Value::Proto(Proto::Tcp),
+                    Value::Port(80),
+                ],
+                data: Some(ElementData::Verdict(Verdict::Goto(format!("service-{i}")))),
+            })
+            .collect();
+        let mut decls = SetDecls::new();
+        decls.insert(Family::V4, "t", &map);
+        let tx = Transaction {
+            ops: vec![Op::AddElements {
+                family: Family::V4,
+                table: "t".into(),
+                set: "m".into(),
+                elements: elements.clone(),
+            }],
+        };
+        let delete = [Op::DeleteTable {
+            family: Family::V4,
+            name: "old".into(),
+        }];
+        let (batch, descs) = to_batch_with(&tx, &delete, &decls).unwrap();
+        assert_eq!(descs.len(), batch.len() + 1);
+        // The reference packing, from every encoded element at once.
+        let nl = nl_set(Family::V4, "t", &map).unwrap();
+        let encoded = elements.iter().map(|e| {
+            let (k, d) = encode_element(Family::V4, &map, e, true).unwrap();
+            nl_element(k, d)
+        });
+        let want: Vec<usize> = rustables::set::split_set_elements(&nl, encoded)
+            .iter()
+            .map(|l| l.iter_elements().count())
+            .collect();
+        assert!(want.len() > 5, "{want:?}");
+        let mut got = Vec::new();
+        let mut next = 0;
+        for d in &descs[1..descs.len() - 1] {
+            let Desc::Elements {
+                op: 0,
+                first,
+                n,
+                map: true,
+            } = d
+            else {
+                panic!("{d:?}");
+            };
+            assert_eq!(*first, next);
+            next += n;
+            got.push(*n);
+        }
+        assert_eq!(got, want);
+        assert_eq!(next, elements.len());
+        let texts: Vec<String> = descs.iter().map(|d| d.text_with(&tx, &delete)).collect();
+        assert_eq!(texts[0], "(batch begin)");
+        assert_eq!(
+            texts[2],
+            format!(
+                "add elements {}..{} (of 25000) to map ip t m (first: 10.96.{}.{} . tcp . 80 : goto service-{})",
+                want[0] + 1,
+                want[0] + want[1],
+                want[0] >> 8,
+                want[0] & 0xff,
+                want[0]
+            )
+        );
+        assert_eq!(texts.last().unwrap(), "delete table ip old");
     }
 
     #[test]
