@@ -13,16 +13,97 @@ use crate::ruleset::ir::{
 /// all in the one transaction `nft -f` makes of a file, so applying it over an older copy
 /// replaces the table atomically.
 pub fn script(rs: &Ruleset) -> String {
-    let mut out = String::with_capacity(estimate(rs));
+    let mut out = Out::string(estimate(rs));
+    script_to(&mut out, rs);
+    out.buf
+}
+
+/// [`script`] written to `w` as it is produced, through a small buffer: the whole text of
+/// a 10,000-Service ruleset (tens of MB) never exists at once.
+pub fn write_script(rs: &Ruleset, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut out = Out::writer(w);
+    script_to(&mut out, rs);
+    out.finish()
+}
+
+fn script_to(out: &mut Out, rs: &Ruleset) {
     for t in &rs.tables {
         let fam = family_name(t.family);
         let _ = writeln!(out, "table {fam} {} {{}}", t.name);
         let _ = writeln!(out, "delete table {fam} {}", t.name);
     }
     for t in &rs.tables {
-        table(&mut out, t);
+        table(out, t);
     }
-    out
+}
+
+/// Text being produced: kept whole in a `String`, or passed on to an `io::Write` whenever
+/// more than `FLUSH_AT` bytes are pending (at element, rule and line boundaries). Derefs
+/// to the pending `String`, so the formatting functions write into it directly.
+struct Out<'w> {
+    buf: String,
+    w: Option<&'w mut dyn std::io::Write>,
+    err: Option<std::io::Error>,
+}
+
+const FLUSH_AT: usize = 64 * 1024;
+
+impl<'w> Out<'w> {
+    fn string(capacity: usize) -> Out<'static> {
+        Out {
+            buf: String::with_capacity(capacity),
+            w: None,
+            err: None,
+        }
+    }
+
+    fn writer(w: &'w mut dyn std::io::Write) -> Out<'w> {
+        Out {
+            buf: String::with_capacity(2 * FLUSH_AT),
+            w: Some(w),
+            err: None,
+        }
+    }
+
+    /// Passes the pending text on if there is enough of it (never for a `String`).
+    fn step(&mut self) {
+        if self.buf.len() >= FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(w) = self.w.as_mut() {
+            if self.err.is_none() {
+                if let Err(e) = w.write_all(self.buf.as_bytes()) {
+                    self.err = Some(e);
+                }
+            }
+            self.buf.clear();
+        }
+    }
+
+    /// Writes what is pending; the first write error, if any.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.flush();
+        match self.err.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::ops::Deref for Out<'_> {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Out<'_> {
+    fn deref_mut(&mut self) -> &mut String {
+        &mut self.buf
+    }
 }
 
 fn estimate(rs: &Ruleset) -> usize {
@@ -40,12 +121,12 @@ fn estimate(rs: &Ruleset) -> usize {
 
 /// One table block, exactly as `nft list table` prints it (set elements one per line).
 pub fn table_text(t: &Table) -> String {
-    let mut out = String::new();
+    let mut out = Out::string(0);
     table(&mut out, t);
-    out
+    out.buf
 }
 
-fn table(out: &mut String, t: &Table) {
+fn table(out: &mut Out, t: &Table) {
     let _ = writeln!(out, "table {} {} {{", family_name(t.family), t.name);
     if let Some(c) = &t.comment {
         let _ = writeln!(out, "\tcomment {}", quote(c));
@@ -91,7 +172,7 @@ fn join_types(f: Family, ks: &[KeyType]) -> String {
         .join(" . ")
 }
 
-fn set(out: &mut String, f: Family, s: &Set) {
+fn set(out: &mut Out, f: Family, s: &Set) {
     let kw = if s.is_map() { "map" } else { "set" };
     let _ = writeln!(out, "\t{kw} {} {{", s.name);
     let _ = write!(out, "\t\ttype {}", join_types(f, &s.key));
@@ -126,6 +207,7 @@ fn set(out: &mut String, f: Family, s: &Set) {
         for (i, e) in s.elements.iter().enumerate() {
             if i > 0 {
                 out.push_str(",\n\t\t\t     ");
+                out.step();
             }
             element(out, e);
         }
@@ -187,7 +269,7 @@ pub fn duration(secs: u32) -> String {
     out
 }
 
-fn chain(out: &mut String, f: Family, c: &Chain) {
+fn chain(out: &mut Out, f: Family, c: &Chain) {
     let _ = writeln!(out, "\tchain {} {{", c.name);
     if let Some(cm) = &c.comment {
         let _ = writeln!(out, "\t\tcomment {}", quote(cm));
@@ -208,6 +290,7 @@ fn chain(out: &mut String, f: Family, c: &Chain) {
         out.push_str("\t\t");
         rule(out, f, r);
         out.push('\n');
+        out.step();
     }
     out.push_str("\t}\n");
 }
@@ -374,10 +457,27 @@ fn quote(s: &str) -> String {
 /// `partial sync` and one line per changed object (`+`/`-` chain, `~` rewritten chain,
 /// `+`/`-` element). `apply` and `run --dry-run` print this.
 pub fn describe(tx: &crate::ruleset::tx::Transaction) -> String {
+    let mut out = Out::string(0);
+    describe_to(&mut out, tx);
+    out.buf
+}
+
+/// [`describe`] written to `w` as it is produced (a partial sync that changes 100k
+/// elements describes each of them).
+pub fn write_describe(
+    tx: &crate::ruleset::tx::Transaction,
+    w: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let mut out = Out::writer(w);
+    describe_to(&mut out, tx);
+    out.finish()
+}
+
+fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
     use crate::ruleset::tx::Op;
-    let mut out = String::new();
     if tx.is_empty() {
-        return "partial sync: no changes\n".into();
+        out.push_str("partial sync: no changes\n");
+        return;
     }
     let full = tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }));
     let count = |f: &dyn Fn(&Op) -> usize| tx.ops.iter().map(f).sum::<usize>();
@@ -403,7 +503,7 @@ pub fn describe(tx: &crate::ruleset::tx::Transaction) -> String {
                 let _ = writeln!(out, "= table {} {name} replaced", family_name(*family));
             }
         }
-        return out;
+        return;
     }
     for o in &tx.ops {
         match o {
@@ -419,19 +519,32 @@ pub fn describe(tx: &crate::ruleset::tx::Transaction) -> String {
             Op::AddRule {
                 family,
                 chain,
-                rule,
+                rule: r,
                 ..
             } => {
-                let _ = writeln!(out, "+ rule {chain}: {}", rule_text(*family, rule));
+                let _ = write!(out, "+ rule {chain}: ");
+                rule(out, *family, r);
+                out.push('\n');
+                out.step();
             }
             Op::AddElements { set, elements, .. } => {
                 for e in elements {
-                    let _ = writeln!(out, "+ element {set} {{ {} }}", element_text(e));
+                    out.push_str("+ element ");
+                    out.push_str(set);
+                    out.push_str(" { ");
+                    element(out, e);
+                    out.push_str(" }\n");
+                    out.step();
                 }
             }
             Op::DeleteElements { set, elements, .. } => {
                 for e in elements {
-                    let _ = writeln!(out, "- element {set} {{ {} }}", element_text(e));
+                    out.push_str("- element ");
+                    out.push_str(set);
+                    out.push_str(" { ");
+                    element(out, e);
+                    out.push_str(" }\n");
+                    out.step();
                 }
             }
             Op::FlushSet { set, .. } => {
@@ -439,6 +552,87 @@ pub fn describe(tx: &crate::ruleset::tx::Transaction) -> String {
             }
             Op::AddTable { .. } | Op::DeleteTable { .. } | Op::AddSet { .. } => {}
         }
+        out.step();
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::diff;
+
+    fn synthetic(services: usize) -> Ruleset {
+        let c = crate::synthetic::cluster(&crate::synthetic::Spec {
+            services,
+            endpoints: 3,
+            node: "node-a".into(),
+        });
+        let json = serde_json::to_string(&c).unwrap();
+        let objects = crate::render::read_sources([("synthetic", json.as_str())], &mut vec![])
+            .expect("synthetic input reads");
+        let opts = crate::options::Options {
+            hostname: "node-a".into(),
+            ..Default::default()
+        };
+        crate::render::ruleset(&objects, &opts).0
+    }
+
+    /// Counts the writes, to show that the text went out in pieces.
+    struct Pieces(Vec<u8>, usize);
+
+    impl std::io::Write for Pieces {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(b);
+            self.1 += 1;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn streamed(f: impl FnOnce(&mut Pieces) -> std::io::Result<()>) -> (String, usize) {
+        let mut p = Pieces(Vec::new(), 0);
+        f(&mut p).unwrap();
+        (String::from_utf8(p.0).unwrap(), p.1)
+    }
+
+    #[test]
+    fn streamed_script_and_description_equal_the_strings() {
+        let small = synthetic(3);
+        let (text, _) = streamed(|w| write_script(&small, w));
+        assert_eq!(text, script(&small));
+        let big = synthetic(1500);
+        let (text, writes) = streamed(|w| write_script(&big, w));
+        assert_eq!(text, script(&big));
+        assert!(writes > 5, "{} bytes in {writes} writes", text.len());
+
+        let full = diff::full(&big);
+        let (text, _) = streamed(|w| write_describe(&full, w));
+        assert_eq!(text, describe(&full));
+        assert!(text.starts_with("full sync: "), "{text}");
+        let partial = diff::diff(&big, &synthetic(600));
+        let (text, writes) = streamed(|w| write_describe(&partial, w));
+        assert_eq!(text, describe(&partial));
+        assert!(text.starts_with("partial sync: "), "{text}");
+        assert!(writes > 1, "{} bytes in {writes} writes", text.len());
+        let none = diff::diff(&big, &big);
+        let (text, _) = streamed(|w| write_describe(&none, w));
+        assert_eq!(text, "partial sync: no changes\n");
+    }
+
+    #[test]
+    fn a_write_error_is_returned() {
+        struct Broken;
+        impl std::io::Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = write_script(&synthetic(1500), &mut Broken).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    }
 }
