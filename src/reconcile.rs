@@ -208,15 +208,15 @@ pub struct DryRun {
 impl Sink for DryRun {
     fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
         use std::io::Write;
-        let text = if self.full_ruleset {
-            crate::nft::text::script(desired)
-        } else {
-            crate::nft::text::describe(tx)
-        };
+        // Streamed: the whole ruleset of a large cluster is megabytes of text.
         let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())
-            .and_then(|_| out.write_all(b"\n"))
-            .and_then(|_| out.flush())
-            .map_err(|e| e.to_string())
+        if self.full_ruleset {
+            crate::nft::text::write_script(desired, &mut out)
+        } else {
+            crate::nft::text::write_describe(tx, &mut out)
+        }
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+        .map_err(|e| e.to_string())
     }
 }
