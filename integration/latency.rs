@@ -123,6 +123,15 @@ fn measure(services: usize) {
         return;
     }
     let ns = Netns::create(&format!("kntp-{}-latency", random_id()), "latency").unwrap();
+    // The sink's thread keeps a handle until it notices the agent is gone, which may be
+    // after this function returns: remove the namespace here, also on a panic.
+    struct RemoveOnExit(Netns);
+    impl Drop for RemoveOnExit {
+        fn drop(&mut self) {
+            self.0.destroy();
+        }
+    }
+    let _remove = RemoveOnExit(ns.clone());
     let api = preloaded(services);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
