@@ -22,11 +22,6 @@ use crate::ruleset::ir::{Element, ElementData, Family, Ruleset, Set, Table, Valu
 use crate::ruleset::tx::{replay, Transaction};
 use crate::ruleset::{assemble, fragment, Fragment};
 
-/// What one Service gave.
-struct Entry {
-    ports: Vec<ServicePort>,
-}
-
 /// The objects of the last update, sorted as `ClusterObjects::sort` sorts them, and the
 /// endpoint objects grouped by the Service they belong to (slices in name order, as a full
 /// build sees them). Comparing the next snapshot against these finds what changed with a
@@ -209,7 +204,8 @@ pub struct Desired {
     opts: Options,
     globals: Option<Model>,
     inputs: Inputs,
-    services: BTreeMap<SvcKey, Entry>,
+    /// The ports each Service gave.
+    services: BTreeMap<SvcKey, Vec<ServicePort>>,
     claims: HashMap<ClaimKey, ClaimState>,
     /// Two Services claimed one key with different data: the winner depends on the order
     /// of all Services, so only full rebuilds are exact until that is gone.
@@ -243,30 +239,16 @@ impl Desired {
         self.services.len()
     }
 
-    /// The whole model as of the last update.
-    pub fn model(&self) -> Model {
-        self.model_where(|_| true)
-    }
-
     /// The model as of the last update, holding only the Service ports `keep` accepts
     /// (copying all of them at 10,000 Services costs tens of MB).
     pub fn model_where(&self, keep: impl Fn(&ServicePort) -> bool) -> Model {
-        let mut m = self.globals.clone().unwrap_or_else(|| Model {
-            node_name: self.opts.hostname.clone(),
-            node_zone: None,
-            node_ips: vec![],
-            families: vec![],
-            cluster_cidrs: vec![],
-            service_cidrs: vec![],
-            nodeport_addresses: self.opts.nodeport_addresses.clone(),
-            masquerade_all: self.opts.masquerade_all,
-            masquerade_mark: self.opts.masquerade_mark(),
-            services: vec![],
+        let mut m = self.globals.clone().unwrap_or_else(|| {
+            model::globals(&ClusterObjects::default(), &self.opts, &mut Vec::new())
         });
         m.services = self
             .services
             .values()
-            .flat_map(|e| e.ports.iter().filter(|p| keep(p)).cloned())
+            .flat_map(|ports| ports.iter().filter(|p| keep(p)).cloned())
             .collect();
         m
     }
@@ -309,7 +291,7 @@ impl Desired {
                 continue; // a duplicate: the first copy is used, as in `render`
             }
             let ports = entry_ports(&inputs, &globals, &key, svc, &mut notes);
-            services.insert(key, Entry { ports });
+            services.insert(key, ports);
         }
         let mut claims: HashMap<ClaimKey, ClaimState> = HashMap::new();
         let mut conflicted = false;
@@ -317,7 +299,7 @@ impl Desired {
         for &f in &globals.families {
             let fragments: Vec<Fragment> = services
                 .values()
-                .map(|e| fragment(&globals, f, &e.ports))
+                .map(|ports| fragment(&globals, f, ports))
                 .collect();
             for c in fragments.iter().flat_map(|fr| fr.claims.iter()) {
                 claims
@@ -354,13 +336,12 @@ impl Desired {
         notes: &mut Vec<Skipped>,
     ) -> Option<(Transaction, (Model, Model))> {
         let affected = self.inputs.advance(objects);
-        let mut changed: Vec<(SvcKey, Option<Entry>)> = Vec::new();
+        let mut changed: Vec<(SvcKey, Option<Vec<ServicePort>>)> = Vec::new();
         for key in affected {
-            let entry = self.inputs.service(&key).map(|svc| Entry {
-                ports: entry_ports(&self.inputs, globals, &key, svc, notes),
-            });
-            if entry.is_some() || self.services.contains_key(&key) {
-                changed.push((key, entry));
+            let ports = (self.inputs.service(&key))
+                .map(|svc| entry_ports(&self.inputs, globals, &key, svc, notes));
+            if ports.is_some() || self.services.contains_key(&key) {
+                changed.push((key, ports));
             }
         }
         if changed.is_empty() {
@@ -372,12 +353,12 @@ impl Desired {
             let old: Vec<Fragment> = changed
                 .iter()
                 .filter_map(|(k, _)| self.services.get(k))
-                .map(|e| fragment(globals, f, &e.ports))
+                .map(|ports| fragment(globals, f, ports))
                 .collect();
             let new: Vec<Fragment> = changed
                 .iter()
                 .filter_map(|(_, e)| e.as_ref())
-                .map(|e| fragment(globals, f, &e.ports))
+                .map(|ports| fragment(globals, f, ports))
                 .collect();
             let table = self.ruleset.tables.iter().find(|t| t.family == f)?;
             let shape = Table {
@@ -412,16 +393,16 @@ impl Desired {
 
         let mut before = globals.clone();
         let mut after = globals.clone();
-        for (key, entry) in changed {
-            let old = match entry {
-                Some(e) => {
-                    after.services.extend(e.ports.iter().cloned());
-                    self.services.insert(key, e)
+        for (key, ports) in changed {
+            let old = match ports {
+                Some(ports) => {
+                    after.services.extend(ports.iter().cloned());
+                    self.services.insert(key, ports)
                 }
                 None => self.services.remove(&key),
             };
             if let Some(old) = old {
-                before.services.extend(old.ports);
+                before.services.extend(old);
             }
         }
         Some((tx, (before, after)))

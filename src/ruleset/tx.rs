@@ -128,6 +128,11 @@ fn chain_position(t: &Table, name: &str) -> Result<usize, usize> {
         .map_err(|i| i + fixed)
 }
 
+/// Where the existing chain `name` is; `what` names the operation for the error.
+fn existing_chain(t: &Table, name: &str, what: &str) -> Result<usize, ReplayError> {
+    chain_position(t, name).map_err(|_| ReplayError(format!("{what} missing chain {name}")))
+}
+
 fn is_fixed(name: &str) -> bool {
     super::build::skeleton().chain(name).is_some()
 }
@@ -188,10 +193,8 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             chain,
         } => {
             let t = table_mut(rs, *family, table)?;
-            match chain_position(t, chain) {
-                Ok(i) => t.chains[i].rules.clear(),
-                Err(_) => return err(format!("flush of missing chain {chain}")),
-            }
+            let i = existing_chain(t, chain, "flush of")?;
+            t.chains[i].rules.clear();
         }
         Op::DeleteChain {
             family,
@@ -199,13 +202,11 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             chain,
         } => {
             let t = table_mut(rs, *family, table)?;
-            match chain_position(t, chain) {
-                Ok(i) if t.chains[i].rules.is_empty() => {
-                    t.chains.remove(i);
-                }
-                Ok(_) => return err(format!("deleting non-empty chain {chain}")),
-                Err(_) => return err(format!("deleting missing chain {chain}")),
+            let i = existing_chain(t, chain, "deleting")?;
+            if !t.chains[i].rules.is_empty() {
+                return err(format!("deleting non-empty chain {chain}"));
             }
+            t.chains.remove(i);
         }
         Op::AddRule {
             family,
@@ -214,10 +215,8 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             rule,
         } => {
             let t = table_mut(rs, *family, table)?;
-            match chain_position(t, chain) {
-                Ok(i) => t.chains[i].rules.push(rule.clone()),
-                Err(_) => return err(format!("rule for missing chain {chain}")),
-            }
+            let i = existing_chain(t, chain, "rule for")?;
+            t.chains[i].rules.push(rule.clone());
         }
         Op::AddSet { family, table, set } => {
             let t = table_mut(rs, *family, table)?;
