@@ -673,6 +673,7 @@ fn key_type_of(v: &IrValue) -> KeyType {
         IrValue::Addr(_) => KeyType::Addr,
         IrValue::Proto(_) => KeyType::Proto,
         IrValue::Port(_) => KeyType::Service,
+        IrValue::Slot(_) => KeyType::Slot,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::options::Options;
 use crate::ruleset::diff;
 use crate::ruleset::ir::{Element, ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
-use crate::ruleset::{assemble, fragment, Fragment};
+use crate::ruleset::{assemble, fragment, selection_chains, Fragment, SlotCounts};
 
 /// The objects of the last update, sorted as `ClusterObjects::sort` sorts them, and the
 /// endpoint objects grouped by the Service they belong to (slices in name order, as a full
@@ -207,6 +207,9 @@ pub struct Desired {
     /// The ports each Service gave.
     services: BTreeMap<SvcKey, Vec<ServicePort>>,
     claims: HashMap<ClaimKey, ClaimState>,
+    /// How many Service IPs and NodePorts have each endpoint count, per family and endpoint
+    /// map: the selection chains hold one rule per count in use.
+    slots: HashMap<(Family, &'static str, u32), u32>,
     /// Two Services claimed one key with different data: the winner depends on the order
     /// of all Services, so only full rebuilds are exact until that is gone.
     conflicted: bool,
@@ -224,9 +227,21 @@ impl Desired {
             inputs: Inputs::default(),
             services: BTreeMap::new(),
             claims: HashMap::new(),
+            slots: HashMap::new(),
             conflicted: false,
             ruleset: Ruleset::default(),
         }
+    }
+
+    /// The endpoint counts in use in family `f`'s table.
+    fn slot_counts(&self, f: Family) -> SlotCounts {
+        let mut out = SlotCounts::new();
+        for ((fam, map, n), count) in &self.slots {
+            if *fam == f && *count > 0 {
+                out.entry(*map).or_default().insert(*n);
+            }
+        }
+        out
     }
 
     /// The IR as of the last update.
@@ -294,6 +309,7 @@ impl Desired {
             services.insert(key, ports);
         }
         let mut claims: HashMap<ClaimKey, ClaimState> = HashMap::new();
+        let mut slots: HashMap<(Family, &'static str, u32), u32> = HashMap::new();
         let mut conflicted = false;
         let mut tables = Vec::new();
         for &f in &globals.families {
@@ -301,6 +317,9 @@ impl Desired {
                 .values()
                 .map(|ports| fragment(&globals, f, ports))
                 .collect();
+            for (map, n) in fragments.iter().flat_map(|fr| fr.slots.iter()) {
+                *slots.entry((f, map, *n)).or_default() += 1;
+            }
             for c in fragments.iter().flat_map(|fr| fr.claims.iter()) {
                 claims
                     .entry((f, c.set, c.key.clone()))
@@ -318,6 +337,7 @@ impl Desired {
         self.inputs = inputs;
         self.services = services;
         self.claims = claims;
+        self.slots = slots;
         self.conflicted = conflicted;
         self.globals = Some(globals);
         Update {
@@ -446,6 +466,27 @@ impl Desired {
         }
 
         let (mut before, mut after) = (shape.clone(), shape);
+        // The selection chains change only when an endpoint count comes into or goes out
+        // of use; an endpoint change within a count touches map elements alone.
+        let counts_before = self.slot_counts(f);
+        for fr in &old {
+            for (map, n) in &fr.slots {
+                if let Some(c) = self.slots.get_mut(&(f, map, *n)) {
+                    *c -= 1;
+                }
+            }
+        }
+        for fr in &new {
+            for (map, n) in &fr.slots {
+                *self.slots.entry((f, map, *n)).or_default() += 1;
+            }
+        }
+        self.slots.retain(|_, c| *c > 0);
+        let counts_after = self.slot_counts(f);
+        if counts_before != counts_after {
+            before.chains.extend(selection_chains(&counts_before));
+            after.chains.extend(selection_chains(&counts_after));
+        }
         for ((set, key), was) in touched {
             let k = (f, set, key);
             let now = presence(self.claims.get(&k));
@@ -670,17 +711,53 @@ mod tests {
         assert!(u.tx.is_empty());
     }
 
+    fn sets_touched(tx: &Transaction) -> std::collections::BTreeSet<String> {
+        tx.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::AddElements { set, .. } | Op::DeleteElements { set, .. } => Some(set.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn one_endpoint_change_rebuilds_one_service_only() {
+    fn one_endpoint_change_touches_map_elements_only() {
         let (mut d, o) = start(10);
+        // s0's endpoints 0, 1, 2 become 0, 1, 99: the count stays 3, so no rule changes
+        // (a commit that adds rules makes the kernel revalidate the whole table).
         let o2 = with(&o, &[slice(0, &[0, 1, 99])]);
         let u = check(&mut d, &o2, false);
-        let touched = chains_touched(&u.tx);
-        assert_eq!(touched.len(), 1, "{touched:?}");
-        assert!(touched.iter().all(|c| c.contains("ns/s0/")), "{touched:?}");
+        assert!(chains_touched(&u.tx).is_empty(), "{:#?}", u.tx);
+        // endpoint 2 was on this node (a hairpin entry), 99 is not
+        assert_eq!(
+            sets_touched(&u.tx),
+            ["hairpin-connections", "service-endpoints"]
+                .map(String::from)
+                .into()
+        );
         let (before, after) = u.changed.unwrap();
         assert_eq!(before.services.len(), 1);
         assert_eq!(after.services[0].endpoints.len(), 3);
+
+        // A count no Service had before adds a rule to the selection chain, and only there.
+        let o3 = with(&o2, &[slice(0, &[0, 1, 99, 101])]);
+        let u = check(&mut d, &o3, false);
+        assert_eq!(chains_touched(&u.tx), ["endpoints".to_string()].into());
+        let rules: Vec<String> = (u.tx.ops.iter())
+            .filter_map(|op| match op {
+                Op::AddRule { rule, .. } => Some(crate::nft::text::rule_text(Family::V4, rule)),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            rules[0].contains("numgen random mod 4 map @service-endpoints"),
+            "{rules:?}"
+        );
+        assert!(
+            rules[1].contains("numgen random mod 3 map @service-endpoints"),
+            "{rules:?}"
+        );
     }
 
     #[test]

@@ -186,6 +186,7 @@ fn nft_type(f: Family, k: KeyType) -> NftType {
         (KeyType::Addr, Family::V6) => NftType::IPV6_ADDR,
         (KeyType::Proto, _) => NftType::INET_PROTO,
         (KeyType::Service, _) => NftType::INET_SERVICE,
+        (KeyType::Slot, _) => NftType::INTEGER,
     }
 }
 
@@ -239,10 +240,81 @@ fn nl_set(f: Family, table: &str, s: &Set) -> Result<NlSet, NetlinkError> {
     if let Some(t) = s.timeout {
         set = set.with_default_timeout(u64::from(t) * 1000);
     }
+    if text::uses_typeof(s) {
+        for (attr, value) in typeof_udata(f, s) {
+            set = set.with_userdata_attr(attr, &value);
+        }
+    }
     if let Some(c) = &s.comment {
         set = set.with_comment(c);
     }
     Ok(set)
+}
+
+/// libnftnl userdata of a set declared with `typeof`, as nft writes it: without it `nft
+/// list` cannot name the slot's type and prints no `typeof` line. Each key component is
+/// stored as the expression it stands for (a nest per component: the expression's nft type
+/// id and its own attributes), e.g. `ip daddr` as payload (7) of protocol description
+/// 12 (ip), field 12 (daddr).
+fn typeof_udata(f: Family, s: &Set) -> Vec<(u8, Vec<u8>)> {
+    const EXPR_PAYLOAD: u32 = 7;
+    const EXPR_META: u32 = 9;
+    const EXPR_CONCAT: u32 = 13;
+    const EXPR_NUMGEN: u32 = 23;
+    fn tlv(out: &mut Vec<u8>, t: u8, v: &[u8]) {
+        out.push(t);
+        out.push(v.len() as u8);
+        out.extend_from_slice(v);
+    }
+    fn u32s(attrs: &[u32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, v) in attrs.iter().enumerate() {
+            tlv(&mut out, i as u8, &v.to_ne_bytes());
+        }
+        out
+    }
+    // (expression type, its attributes) for each component
+    let component = |k: KeyType| -> (u32, Vec<u8>) {
+        match (k, f) {
+            (KeyType::Addr, Family::V4) => (EXPR_PAYLOAD, u32s(&[12, 12])),
+            (KeyType::Addr, Family::V6) => (EXPR_PAYLOAD, u32s(&[13, 9])),
+            (KeyType::Proto, _) => (EXPR_META, u32s(&[sys::NFT_META_L4PROTO])),
+            (KeyType::Service, _) => (EXPR_PAYLOAD, u32s(&[11, 2])),
+            // type random, modulus 1, offset 0
+            (KeyType::Slot, _) => (EXPR_NUMGEN, u32s(&[sys::NFT_NG_RANDOM, 1, 0])),
+        }
+    };
+    let concat = |ks: &[KeyType]| -> Vec<u8> {
+        let mut parts = Vec::new();
+        for (i, k) in ks.iter().enumerate() {
+            let (etype, data) = component(*k);
+            let mut nest = Vec::new();
+            tlv(&mut nest, 0, &etype.to_ne_bytes());
+            tlv(&mut nest, 1, &data);
+            tlv(&mut parts, i as u8, &nest);
+        }
+        let mut out = Vec::new();
+        tlv(&mut out, 0, &EXPR_CONCAT.to_ne_bytes());
+        tlv(&mut out, 1, &parts);
+        out
+    };
+    let zero = 0u32.to_ne_bytes().to_vec();
+    let mut out = vec![
+        (
+            rustables::userdata::NFTNL_UDATA_SET_KEYBYTEORDER,
+            zero.clone(),
+        ),
+        (
+            rustables::userdata::NFTNL_UDATA_SET_DATABYTEORDER,
+            zero.clone(),
+        ),
+        (3, concat(&s.key)),
+    ];
+    if let Some(MapData::Values(v)) = &s.data {
+        out.push((4, concat(v)));
+        out.push((6, zero));
+    }
+    out
 }
 
 fn value_bytes(f: Family, k: KeyType, v: &Value) -> Result<Vec<u8>, String> {
@@ -254,6 +326,7 @@ fn value_bytes(f: Family, k: KeyType, v: &Value) -> Result<Vec<u8>, String> {
         },
         (KeyType::Proto, Value::Proto(p)) => Ok(vec![p.number()]),
         (KeyType::Service, Value::Port(p)) => Ok(p.to_be_bytes().to_vec()),
+        (KeyType::Slot, Value::Slot(n)) => Ok(n.to_ne_bytes().to_vec()),
         (k, v) => Err(format!("value {v:?} for a field of type {k:?}")),
     }
 }
@@ -337,6 +410,7 @@ fn field_len(f: Family, fl: Field) -> u32 {
         Field::Saddr | Field::Daddr => addr_len(f),
         Field::L4Proto => 1,
         Field::Dport => 2,
+        Field::Random(_) => 4,
     }
 }
 
@@ -364,6 +438,7 @@ fn load_field(f: Family, fl: Field, reg: Register) -> RawExpression {
             .with_dreg(reg)
             .into(),
         Field::Dport => payload(sys::NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, reg).into(),
+        Field::Random(n) => Numgen::random(n).with_dreg(reg).into(),
     }
 }
 
@@ -561,7 +636,9 @@ impl RuleBuilder<'_> {
                 ));
             }
             Verdict::DnatMap { proto, key, map } => {
-                self.l4proto(*proto);
+                if let Some(p) = proto {
+                    self.l4proto(*p);
+                }
                 self.load_key(key, 0)?;
                 let s = sets.lookup_target(f, map, self.object)?;
                 let l = Lookup::new(s).map_err(|e| self.err(e.to_string()))?;
@@ -2046,5 +2123,61 @@ mod tests {
         assert_eq!(prefix_mask(4, 12), vec![255, 240, 0, 0]);
         assert_eq!(prefix_mask(4, 0), vec![0, 0, 0, 0]);
         assert_eq!(prefix_mask(16, 64)[7..9], [255, 0]);
+    }
+}
+
+#[cfg(test)]
+mod typeof_tests {
+    use super::*;
+    use crate::ruleset::ir::SetFlags;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn endpoint_map(key: Vec<KeyType>, comment: Option<&str>) -> Set {
+        Set {
+            name: "m".into(),
+            key,
+            data: Some(MapData::Values(vec![KeyType::Addr, KeyType::Service])),
+            flags: SetFlags::default(),
+            timeout: None,
+            comment: comment.map(str::to_string),
+            elements: vec![],
+        }
+    }
+
+    /// The userdata must be byte for byte what nft 1.0.6 writes for the same `typeof`
+    /// declaration (captured with `nft --debug=mnl`), or `nft list` prints another type.
+    #[test]
+    fn typeof_userdata_is_what_nft_writes() {
+        use KeyType::*;
+        let cases = [
+            (
+                Family::V4,
+                vec![Addr, Proto, Service, Slot],
+                Some("x"),
+                "000400000000010400000000036000040d00000001580014000407000000010c00040c00000001040c000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b0000000104020000000604000000000702 7800",
+            ),
+            (
+                Family::V4,
+                vec![Proto, Service, Slot],
+                None,
+                "000400000000010400000000034a00040d0000000142000e00040900000001060004100000000114000407000000010c00040b000000010402000000021a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000",
+            ),
+            (
+                Family::V6,
+                vec![Addr, Proto, Service, Slot],
+                None,
+                "000400000000010400000000036000040d00000001580014000407000000010c00040d000000010409000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000",
+            ),
+        ];
+        for (f, key, comment, want) in cases {
+            let set = nl_set(f, "t", &endpoint_map(key, comment)).unwrap();
+            assert_eq!(set.userdata.clone().unwrap(), hex(&want.replace(' ', "")));
+        }
     }
 }

@@ -432,6 +432,21 @@ impl<'t> Parser<'t> {
         }
     }
 
+    /// `typeof <field> . <field> ...`: the key or data of an endpoint map, declared by the
+    /// expressions it is looked up with (`numgen random mod 1` stands for the slot).
+    fn typeof_types(&mut self, f: Family) -> Result<Vec<KeyType>> {
+        Ok(self
+            .fields(f, None)?
+            .into_iter()
+            .map(|fl| match fl {
+                Field::Saddr | Field::Daddr => KeyType::Addr,
+                Field::L4Proto => KeyType::Proto,
+                Field::Dport => KeyType::Service,
+                Field::Random(_) => KeyType::Slot,
+            })
+            .collect())
+    }
+
     /// After `set` / `map`: `<name> { type ...; flags ...; elements = { ... } }`.
     fn set_block(&mut self, f: Family, is_map: bool) -> Result<Set> {
         let name = self.name("set")?;
@@ -457,17 +472,30 @@ impl<'t> Parser<'t> {
                 break;
             }
             match self.word()?.as_str() {
-                "type" => {
-                    let key = self.key_types(f)?;
+                kw @ ("type" | "typeof") => {
+                    let by_expr = kw == "typeof";
+                    let key = if by_expr {
+                        self.typeof_types(f)?
+                    } else {
+                        self.key_types(f)?
+                    };
                     let data = if self.eat(":") {
                         if self.eat("verdict") {
                             Some(MapData::Verdict)
+                        } else if by_expr {
+                            Some(MapData::Values(self.typeof_types(f)?))
                         } else {
                             Some(MapData::Values(self.key_types(f)?))
                         }
                     } else {
                         None
                     };
+                    if by_expr != key.contains(&KeyType::Slot) {
+                        return err(
+                            line,
+                            "typeof declares endpoint maps (with a numgen slot) and only those",
+                        );
+                    }
                     if data.is_some() != is_map {
                         return err(
                             line,
@@ -587,6 +615,7 @@ impl<'t> Parser<'t> {
                 KeyType::Addr => Value::Addr(addr(&w, f, line)?),
                 KeyType::Proto => Value::Proto(proto(&w, line)?),
                 KeyType::Service => Value::Port(parse_num(&w, line)?),
+                KeyType::Slot => Value::Slot(parse_num(&w, line)?),
             });
         }
         if self.peek_word() == Some(".") {
@@ -750,6 +779,10 @@ impl<'t> Parser<'t> {
             ("ip6", "daddr") => (fam(Family::V6).map(|_| Field::Daddr)?, None),
             ("meta", "l4proto") => (Field::L4Proto, None),
             ("th", "dport") => (Field::Dport, None),
+            ("numgen", "random") => {
+                self.keyword("mod")?;
+                (Field::Random(self.number()?), None)
+            }
             (p @ ("tcp" | "udp" | "sctp"), "dport") => (Field::Dport, Some(proto(p, line)?)),
             _ => return err(line, format!("unknown field {a:?} {b:?}")),
         })
@@ -973,13 +1006,10 @@ impl<'t> Parser<'t> {
                 let key = self.fields(f, Some(&mut p))?;
                 self.keyword("map")?;
                 let map = self.set_ref()?;
-                let Some(proto) = p else {
-                    return err(
-                        fl,
-                        "dnat map key needs a protocol-specific port (tcp dport)",
-                    );
-                };
-                Item::Verdict(Verdict::DnatMap { proto, key, map })
+                if p.is_none() && !key.contains(&Field::Dport) {
+                    return err(fl, "dnat map key needs a port (th dport or tcp dport)");
+                }
+                Item::Verdict(Verdict::DnatMap { proto: p, key, map })
             }
             other => return err(line, format!("unknown statement {other:?}")),
         })
@@ -1187,7 +1217,7 @@ mod tests {
         assert_eq!(
             r.verdict,
             Some(Verdict::DnatMap {
-                proto: Proto::Sctp,
+                proto: Some(Proto::Sctp),
                 key: vec![Field::Saddr, Field::Daddr, Field::L4Proto, Field::Dport],
                 map: "affinity".into()
             })
@@ -1245,7 +1275,7 @@ mod tests {
             Rule::new(
                 vec![Expr::L4Proto(Proto::Udp)],
                 Some(Verdict::DnatMap {
-                    proto: Proto::Udp,
+                    proto: Some(Proto::Udp),
                     key: vec![Saddr, Dport],
                     map: "m".into(),
                 }),

@@ -162,7 +162,24 @@ fn key_type(f: Family, k: KeyType) -> &'static str {
         (KeyType::Addr, Family::V6) => "ipv6_addr",
         (KeyType::Proto, _) => "inet_proto",
         (KeyType::Service, _) => "inet_service",
+        (KeyType::Slot, _) => "integer",
     }
+}
+
+/// The expression a key component is declared by in `typeof` form: the fields the
+/// endpoint maps are looked up with.
+fn typeof_expr(f: Family, k: KeyType) -> &'static str {
+    match k {
+        KeyType::Addr => field(f, Field::Daddr),
+        KeyType::Proto => field(f, Field::L4Proto),
+        KeyType::Service => field(f, Field::Dport),
+        KeyType::Slot => "numgen random mod 1",
+    }
+}
+
+/// Whether a set is declared with `typeof`: nft has no type name for an endpoint slot.
+pub fn uses_typeof(s: &Set) -> bool {
+    s.key.contains(&KeyType::Slot)
 }
 
 fn join_types(f: Family, ks: &[KeyType]) -> String {
@@ -175,13 +192,28 @@ fn join_types(f: Family, ks: &[KeyType]) -> String {
 fn set(out: &mut Out, f: Family, s: &Set) {
     let kw = if s.is_map() { "map" } else { "set" };
     let _ = writeln!(out, "\t{kw} {} {{", s.name);
-    let _ = write!(out, "\t\ttype {}", join_types(f, &s.key));
-    match &s.data {
-        Some(MapData::Verdict) => out.push_str(" : verdict"),
-        Some(MapData::Values(v)) => {
-            let _ = write!(out, " : {}", join_types(f, v));
+    if uses_typeof(s) {
+        let exprs = |ks: &[KeyType]| -> String {
+            let v: Vec<&str> = ks.iter().map(|k| typeof_expr(f, *k)).collect();
+            v.join(" . ")
+        };
+        let _ = write!(out, "\t\ttypeof {}", exprs(&s.key));
+        match &s.data {
+            Some(MapData::Verdict) => out.push_str(" : verdict"),
+            Some(MapData::Values(v)) => {
+                let _ = write!(out, " : {}", exprs(v));
+            }
+            None => {}
         }
-        None => {}
+    } else {
+        let _ = write!(out, "\t\ttype {}", join_types(f, &s.key));
+        match &s.data {
+            Some(MapData::Verdict) => out.push_str(" : verdict"),
+            Some(MapData::Values(v)) => {
+                let _ = write!(out, " : {}", join_types(f, v));
+            }
+            None => {}
+        }
     }
     out.push('\n');
     if s.flags.dynamic {
@@ -249,6 +281,9 @@ fn values(out: &mut String, vs: &[Value]) {
             Value::Proto(p) => out.push_str(p.name()),
             Value::Port(p) => {
                 let _ = write!(out, "{p}");
+            }
+            Value::Slot(n) => {
+                let _ = write!(out, "{n}");
             }
         }
     }
@@ -354,14 +389,22 @@ fn field(f: Family, fl: Field) -> &'static str {
         (Field::Daddr, Family::V6) => "ip6 daddr",
         (Field::L4Proto, _) => "meta l4proto",
         (Field::Dport, _) => "th dport",
+        (Field::Random(_), _) => "numgen random",
     }
 }
 
 fn key(f: Family, k: &[Field]) -> String {
-    k.iter()
-        .map(|x| field(f, *x))
-        .collect::<Vec<_>>()
-        .join(" . ")
+    let mut out = String::new();
+    for (i, x) in k.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" . ");
+        }
+        out.push_str(field(f, *x));
+        if let Field::Random(n) = x {
+            let _ = write!(out, " mod {n}");
+        }
+    }
+    out
 }
 
 pub fn prefix(addr: &IpAddr, len: u8) -> String {
@@ -441,7 +484,10 @@ fn verdict(out: &mut String, f: Family, v: &Verdict) {
         Verdict::DnatMap { proto, key: k, map } => {
             // nft folds the protocol match into the port field when listing (`tcp dport`),
             // so this is written the way it lists.
-            let k = key(f, k).replace("th dport", &format!("{} dport", proto.name()));
+            let k = match proto {
+                Some(p) => key(f, k).replace("th dport", &format!("{} dport", p.name())),
+                None => key(f, k),
+            };
             let _ = write!(out, "dnat {} to {k} map @{map}", family_name(f));
         }
     }

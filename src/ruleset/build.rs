@@ -2,7 +2,7 @@
 //! chains, sets and maps whatever the cluster size: Services only add map elements and
 //! regular chains, never sets, because the kernel looks sets up by a linear scan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -27,6 +27,10 @@ const SERVICE_NODEPORTS: &str = "service-nodeports";
 const NO_EP_SERVICES: &str = "no-endpoint-services";
 const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
 const FIREWALL_IPS: &str = "firewall-ips";
+const SERVICE_EPS: &str = "service-endpoints";
+const NODEPORT_EPS: &str = "nodeport-endpoints";
+const LOCAL_SERVICE_EPS: &str = "local-service-endpoints";
+const LOCAL_NODEPORT_EPS: &str = "local-nodeport-endpoints";
 
 // Fixed regular chains.
 const SERVICES: &str = "services";
@@ -34,6 +38,19 @@ const MASQUERADING: &str = "masquerading";
 const NODEPORT_EP_CHECK: &str = "nodeport-endpoints-check";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 const REJECT_CHAIN: &str = "reject-chain";
+const ENDPOINTS: &str = "endpoints";
+const LOCAL_ENDPOINTS: &str = "local-endpoints";
+const EXTERNAL_ENDPOINTS: &str = "external-endpoints";
+const EXTERNAL_LOCAL_ENDPOINTS: &str = "external-local-endpoints";
+
+/// The chains that pick an endpoint, with the maps they look up, in rule order.
+const SELECTION: [(&str, [&str; 2]); 2] = [
+    (ENDPOINTS, [SERVICE_EPS, NODEPORT_EPS]),
+    (LOCAL_ENDPOINTS, [LOCAL_SERVICE_EPS, LOCAL_NODEPORT_EPS]),
+];
+
+/// Endpoint counts in use, per endpoint map: the selection chains need one rule per count.
+pub type SlotCounts = BTreeMap<&'static str, BTreeSet<u32>>;
 
 const SKELETON: &str = include_str!("../../rules/skeleton.nft");
 
@@ -78,13 +95,16 @@ pub struct Claim {
     pub data: Option<ElementData>,
 }
 
-/// What one Service adds to one family's table: set elements and its own chains.
+/// What one Service adds to one family's table: set elements, its own chains, and the
+/// endpoint counts its entries in the endpoint maps have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fragment {
     /// `namespace/name`, for notes.
     pub service: String,
     pub claims: Vec<Claim>,
     pub chains: Vec<Chain>,
+    /// One (endpoint map, endpoint count) per Service IP or NodePort entered in one.
+    pub slots: Vec<(&'static str, u32)>,
 }
 
 /// The fragment of one Service: `ports` are all its ports (one `ServicePort` each).
@@ -100,7 +120,45 @@ pub fn fragment(m: &Model, f: Family, ports: &[ServicePort]) -> Fragment {
             .unwrap_or_default(),
         claims: b.claims,
         chains: b.chains,
+        slots: b.slots,
     }
+}
+
+/// The chains that choose an endpoint, given the endpoint counts in use. Rule `N` draws a
+/// slot below N and looks it up with the packet's address and port; an entry with n < N
+/// endpoints has no element for slots n..N, so the lookup misses and the next (smaller)
+/// rule draws again. A hit at any rule is uniform over the entry's slots, so every
+/// endpoint gets 1/n, and rules below n are never reached.
+pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
+    SELECTION
+        .iter()
+        .map(|(name, maps)| {
+            let mut c = skeleton()
+                .chain(name)
+                .cloned()
+                .unwrap_or_else(|| Chain::regular(*name));
+            for map in maps {
+                let key: &[Field] = if map.contains("nodeport") {
+                    &PORT_KEY
+                } else {
+                    &VIP_KEY
+                };
+                for n in counts.get(map).into_iter().flatten().rev() {
+                    let mut k = key.to_vec();
+                    k.push(Field::Random(*n));
+                    c.rules.push(Rule::new(
+                        vec![],
+                        Some(Verdict::DnatMap {
+                            proto: None,
+                            key: k,
+                            map: map.to_string(),
+                        }),
+                    ));
+                }
+            }
+            c
+        })
+        .collect()
 }
 
 /// The table of family `f`: the skeleton, filled with the fragments' elements (in order, so
@@ -125,11 +183,20 @@ pub fn assemble(
     }
     let mut conflicted = false;
     for fr in fragments {
+        for (map, n) in &fr.slots {
+            b.slot_counts.entry(map).or_default().insert(*n);
+        }
+        // One note per set and Service: a Service whose VIP is taken would otherwise get
+        // one for every endpoint slot as well.
+        let mut noted = BTreeSet::new();
         for c in fr.claims {
             let entry = b.elements.entry(c.set).or_default();
             match entry.get(&c.key) {
                 Some(old) if old != &c.data => {
                     conflicted = true;
+                    if !noted.insert(c.set) {
+                        continue;
+                    }
                     notes.push(Skipped {
                         object: format!("Service {}", fr.service),
                         reason: format!(
@@ -170,6 +237,8 @@ struct TableBuilder<'a> {
     elements: BTreeMap<&'static str, BTreeMap<Vec<Value>, Option<ElementData>>>,
     claims: Vec<Claim>,
     chains: Vec<Chain>,
+    slots: Vec<(&'static str, u32)>,
+    slot_counts: SlotCounts,
 }
 
 fn regular(name: &str, rules: Vec<Rule>) -> Chain {
@@ -197,6 +266,7 @@ fn goto(chain: &str) -> Verdict {
 }
 
 const PORT_KEY: [Field; 2] = [Field::L4Proto, Field::Dport];
+const VIP_KEY: [Field; 3] = [Field::Daddr, Field::L4Proto, Field::Dport];
 const CONN_KEY: [Field; 4] = [Field::Saddr, Field::Daddr, Field::L4Proto, Field::Dport];
 
 impl<'a> TableBuilder<'a> {
@@ -208,6 +278,8 @@ impl<'a> TableBuilder<'a> {
             elements: BTreeMap::new(),
             claims: Vec::new(),
             chains: Vec::new(),
+            slots: Vec::new(),
+            slot_counts: SlotCounts::new(),
         }
     }
 
@@ -296,8 +368,38 @@ impl<'a> TableBuilder<'a> {
             .copied()
             .filter(|c| Family::of(&c.addr()) == self.f)
             .collect();
+        let mut selection = selection_chains(&self.slot_counts);
+        let pod_short_circuit: Vec<Rule> = self
+            .cluster_cidrs()
+            .into_iter()
+            .map(|c| {
+                Rule::new(vec![cmp(Field::Saddr, CmpOp::Eq, c)], Some(goto(ENDPOINTS)))
+                    .with_comment("short-circuit pod traffic")
+            })
+            .collect();
         for c in &mut t.chains {
             match c.name.as_str() {
+                ENDPOINTS | LOCAL_ENDPOINTS => {
+                    if let Some(at) = selection.iter().position(|s| s.name == c.name) {
+                        *c = selection.swap_remove(at);
+                    }
+                }
+                EXTERNAL_ENDPOINTS => c.rules.insert(
+                    0,
+                    Rule::new(vec![Expr::MarkOr(mark)], None).with_comment("masquerade"),
+                ),
+                EXTERNAL_LOCAL_ENDPOINTS => {
+                    let mut rules = pod_short_circuit.clone();
+                    rules.push(
+                        Rule::new(
+                            vec![Expr::FibLocal(FibAddr::Saddr), Expr::MarkOr(mark)],
+                            None,
+                        )
+                        .with_comment("masquerade local traffic"),
+                    );
+                    rules.append(&mut c.rules);
+                    c.rules = rules;
+                }
                 SERVICES => {
                     if let Some(r) = masquerade_mark.clone() {
                         c.rules.insert(0, r);
@@ -358,8 +460,29 @@ impl<'a> TableBuilder<'a> {
         } else {
             (&cluster_chain, has_cluster)
         };
+        let internal_chain = internal_chain.clone();
         let has_external = if etp_local { has_local } else { has_cluster };
         let uses_external_chain = cat.has_any && externally_accessible;
+        // Session affinity remembers the endpoint each rule picks, so those Services keep
+        // chains of their own with one rule per endpoint; every other Service shares the
+        // selection chains and only adds map elements (see rules/README.md).
+        let shared = sp.affinity_timeout.is_none();
+        let (internal_chain, external_chain) = if shared {
+            let internal = if sp.internal_policy_local {
+                LOCAL_ENDPOINTS
+            } else {
+                ENDPOINTS
+            };
+            let external = if etp_local {
+                EXTERNAL_LOCAL_ENDPOINTS
+            } else {
+                EXTERNAL_ENDPOINTS
+            };
+            (internal.to_string(), external.to_string())
+        } else {
+            (internal_chain.clone(), external_chain)
+        };
+        let internal_chain = &internal_chain;
 
         let reject = goto(REJECT_CHAIN);
         let internal_filter = if cat.has_any {
@@ -430,15 +553,51 @@ impl<'a> TableBuilder<'a> {
             self.add(HAIRPIN, key, None);
         }
 
-        if has_cluster {
+        if shared {
+            let mut vips =
+                |map: &'static str, ips: &mut dyn Iterator<Item = IpAddr>, eps: &[&Endpoint]| {
+                    for ip in ips {
+                        self.slots(map, vec![Value::Addr(ip), proto, port], eps);
+                    }
+                };
+            let outside: Vec<IpAddr> = if externally_accessible {
+                external_ips.iter().chain(lb_ips.iter()).copied().collect()
+            } else {
+                Vec::new()
+            };
+            let itp_local = sp.internal_policy_local;
+            let cluster_ips = (!itp_local).then_some(cip).into_iter();
+            vips(
+                SERVICE_EPS,
+                &mut cluster_ips.chain(outside.iter().copied()),
+                &cat.cluster,
+            );
+            let local_ips = itp_local.then_some(cip).into_iter();
+            let local_outside = outside.iter().copied().filter(|_| etp_local);
+            vips(
+                LOCAL_SERVICE_EPS,
+                &mut local_ips.chain(local_outside),
+                &cat.local,
+            );
+            if let Some(np) = sp.node_port {
+                let key = vec![proto, Value::Port(np)];
+                self.slots(NODEPORT_EPS, key.clone(), &cat.cluster);
+                if etp_local {
+                    self.slots(LOCAL_NODEPORT_EPS, key, &cat.local);
+                }
+            }
+        }
+        if shared {
+            // Only the firewall chain below is the Service's own.
+        } else if has_cluster {
             let rules = self.endpoint_rules(sp, &cat.cluster);
             self.chains.push(regular(&cluster_chain, rules));
         }
-        if has_local {
+        if has_local && !shared {
             let rules = self.endpoint_rules(sp, &cat.local);
             self.chains.push(regular(&local_chain, rules));
         }
-        if uses_external_chain {
+        if uses_external_chain && !shared {
             let mut rules = Vec::new();
             if !etp_local {
                 rules.push(
@@ -510,6 +669,20 @@ impl<'a> TableBuilder<'a> {
         }
     }
 
+    /// The endpoint map elements of one Service IP or NodePort: `key . slot : endpoint`.
+    fn slots(&mut self, map: &'static str, key: Vec<Value>, eps: &[&Endpoint]) {
+        if eps.is_empty() {
+            return;
+        }
+        for (i, ep) in eps.iter().enumerate() {
+            let mut k = key.clone();
+            k.push(Value::Slot(i as u32));
+            let data = ElementData::Values(vec![Value::Addr(ep.ip), Value::Port(ep.port)]);
+            self.add(map, k, Some(data));
+        }
+        self.slots.push((map, eps.len() as u32));
+    }
+
     /// Equal-probability choice without a map: rule i of n matches with probability
     /// 1/(n-i) among the packets that reach it, which gives every endpoint 1/n overall.
     fn endpoint_rules(&self, sp: &ServicePort, eps: &[&Endpoint]) -> Vec<Rule> {
@@ -519,7 +692,7 @@ impl<'a> TableBuilder<'a> {
                 Rule::new(
                     vec![],
                     Some(Verdict::DnatMap {
-                        proto: sp.protocol,
+                        proto: Some(sp.protocol),
                         key: CONN_KEY.to_vec(),
                         map: AFFINITY.into(),
                     }),

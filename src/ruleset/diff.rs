@@ -335,27 +335,19 @@ mod tests {
     }
 
     #[test]
-    fn one_endpoint_change_touches_one_chain_only() {
+    fn one_endpoint_change_touches_one_map_element_only() {
         let a = render(&cluster(&["10.244.0.2", "10.244.1.3"], 50));
         let mut yaml = cluster(&["10.244.0.2", "10.244.1.3"], 50);
         yaml = yaml.replacen("[\"10.244.1.3\"]", "[\"10.244.1.9\"]", 1);
         let b = render(&yaml);
         let tx = diff(&a, &b);
-        let flushes = tx
-            .ops
-            .iter()
-            .filter(|o| matches!(o, Op::FlushChain { .. }))
-            .count();
-        let rules = tx
-            .ops
-            .iter()
-            .filter(|o| matches!(o, Op::AddRule { .. }))
-            .count();
-        assert_eq!((flushes, rules), (1, 2), "{tx:#?}");
-        assert!(!tx
-            .ops
-            .iter()
-            .any(|o| matches!(o, Op::AddTable { .. } | Op::DeleteTable { .. })));
+        let one = |o: &Op| match o {
+            Op::DeleteElements { set, elements, .. } | Op::AddElements { set, elements, .. } => {
+                set == "service-endpoints" && elements.len() == 1
+            }
+            _ => false,
+        };
+        assert!(tx.ops.len() == 2 && tx.ops.iter().all(one), "{tx:#?}");
         assert_eq!(simulate(&a, &tx), b);
     }
 

@@ -53,6 +53,10 @@ pub enum KeyType {
     Proto,
     /// `inet_service`
     Service,
+    /// The endpoint slot of an endpoint map: a 32-bit number in host byte order, as
+    /// `numgen` writes it. nft has no type name for it, so a set whose key holds one is
+    /// declared with `typeof` (see `nft::text`).
+    Slot,
 }
 
 /// What a map maps to.
@@ -97,6 +101,7 @@ pub enum Value {
     Addr(IpAddr),
     Proto(Proto),
     Port(u16),
+    Slot(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -211,6 +216,8 @@ pub enum Field {
     L4Proto,
     /// `th dport`
     Dport,
+    /// `numgen random mod N`: a random number below N, the endpoint slot in a key.
+    Random(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -285,9 +292,10 @@ pub enum Verdict {
         addr: IpAddr,
         port: u16,
     },
-    /// `dnat ip to <key> map @map`: the remembered endpoint, if any.
+    /// `dnat ip to <key> map @map`. With a protocol, the rule matches it first (nft lists
+    /// that as `tcp dport` in the key); without one the key's `th dport` is enough.
     DnatMap {
-        proto: Proto,
+        proto: Option<Proto>,
         key: Vec<Field>,
         map: String,
     },

@@ -6,4 +6,6 @@ pub mod ir;
 pub mod names;
 pub mod tx;
 
-pub use build::{assemble, build, fragment, Claim, Fragment, TABLE_NAME};
+pub use build::{
+    assemble, build, fragment, selection_chains, Claim, Fragment, SlotCounts, TABLE_NAME,
+};
