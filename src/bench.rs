@@ -104,8 +104,15 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
         .chains;
     let svc = chains
         .iter()
-        .find(|c| c.name.starts_with("service-") && c.name.contains('/'))
-        .ok_or_else(|| BenchError::Input("no Service chain".into()))?;
+        .find(|c| c.name == "endpoints")
+        .ok_or_else(|| BenchError::Input("no endpoints chain".into()))?;
+    let endpoint = rs
+        .tables
+        .first()
+        .and_then(|t| t.set("service-endpoints"))
+        .and_then(|s| s.elements.first())
+        .cloned()
+        .ok_or_else(|| BenchError::Input("no endpoint map element".into()))?;
     let elements = |set: &str, e: Element| Op::AddElements {
         family,
         table: table.clone(),
@@ -160,6 +167,22 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
             data: None,
         }],
     }])?;
+    let replaced = Element {
+        data: Some(ElementData::Values(vec![
+            Value::Addr(ip),
+            Value::Port(8080),
+        ])),
+        ..endpoint.clone()
+    };
+    let endpoint_swap = probe(vec![
+        Op::DeleteElements {
+            family,
+            table: table.clone(),
+            set: "service-endpoints".into(),
+            elements: vec![endpoint],
+        },
+        elements("service-endpoints", replaced),
+    ])?;
     let one = probe(vec![drop_rule()])?;
     let ten = probe((0..10).map(|_| drop_rule()).collect())?;
     let flushed_plain = probe(vec![Op::FlushChain {
@@ -172,10 +195,11 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
     rewrite.extend(svc.rules.iter().map(|r| rule(&svc.name, r.clone())));
     let rewritten = probe(rewrite)?;
     Ok(format!(
-        "plain element {plain:.2} ms (delete {plain_del:.2} ms), verdict element {verdict:.2} ms, one rule {one:.2} ms, \
+        "plain element {plain:.2} ms (delete {plain_del:.2} ms), endpoint replaced (delete + add) {endpoint_swap:.2} ms, \
+         verdict element {verdict:.2} ms, one rule {one:.2} ms, \
          ten rules {ten:.2} ms, flush of 12 drop/reject rules {flushed_plain:.2} ms, \
-         flush of a Service chain (DNAT rules) {flushed:.2} ms, \
-         flush + {} rules {rewritten:.2} ms",
+         flush of the selection chain {flushed:.2} ms, \
+         flush + its {} rules {rewritten:.2} ms",
         svc.rules.len()
     ))
 }

@@ -385,14 +385,7 @@ impl Desired {
                 family: table.family,
                 name: table.name.clone(),
                 comment: table.comment.clone(),
-                sets: table
-                    .sets
-                    .iter()
-                    .map(|s| Set {
-                        elements: Vec::new(),
-                        ..s.clone()
-                    })
-                    .collect(),
+                sets: table.sets.iter().map(Set::declaration).collect(),
                 chains: Vec::new(),
             };
             let (old_table, new_table) = self.claim(f, shape, old, new)?;

@@ -109,16 +109,7 @@ impl SetDecls {
 
     /// Adds (or replaces) one declaration; `set.elements` is ignored.
     pub fn insert(&mut self, family: Family, table: &str, set: &Set) {
-        // Field by field: cloning the whole set would copy every element first.
-        let decl = Set {
-            name: set.name.clone(),
-            key: set.key.clone(),
-            data: set.data.clone(),
-            flags: set.flags,
-            timeout: set.timeout,
-            comment: set.comment.clone(),
-            elements: Vec::new(),
-        };
+        let decl = set.declaration();
         self.sets
             .insert((family, table.to_string(), set.name.clone()), decl);
     }
@@ -685,10 +676,7 @@ struct SetCache<'a> {
 impl SetCache<'_> {
     fn declare(&mut self, f: Family, table: &str, s: &Set) -> Result<&NlSet, NetlinkError> {
         let nl = nl_set(f, table, s)?;
-        let decl = Set {
-            elements: Vec::new(),
-            ..s.clone()
-        };
+        let decl = s.declaration();
         let key = (f, table.to_string(), s.name.clone());
         self.built.insert(key.clone(), (decl, nl));
         Ok(&self.built[&key].1)

@@ -70,10 +70,7 @@ fn create_table(t: &Table, ops: &mut Vec<Op>) {
 }
 
 fn declaration(s: &Set) -> Set {
-    Set {
-        elements: Vec::new(),
-        ..s.clone()
-    }
+    s.declaration()
 }
 
 fn add_chain(t: &Table, c: &Chain) -> Op {

@@ -93,6 +93,20 @@ impl Set {
     pub fn is_map(&self) -> bool {
         self.data.is_some()
     }
+
+    /// The set without its elements. Field by field: `..self.clone()` would copy every
+    /// element first (100,000+ at 10,000 Services).
+    pub fn declaration(&self) -> Set {
+        Set {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            data: self.data.clone(),
+            flags: self.flags,
+            timeout: self.timeout,
+            comment: self.comment.clone(),
+            elements: Vec::new(),
+        }
+    }
 }
 
 /// A constant value inside a set element or a rule.

@@ -223,10 +223,7 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             if t.sets.iter().any(|s| s.name == set.name) {
                 return err(format!("set {} added twice", set.name));
             }
-            t.sets.push(Set {
-                elements: Vec::new(),
-                ..set.clone()
-            });
+            t.sets.push(set.declaration());
         }
         Op::AddElements {
             family,
