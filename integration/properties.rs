@@ -735,13 +735,10 @@ fn check_table(t: &Table, expected_layout: &(Vec<String>, Vec<String>)) -> Resul
         }
     }
     for s in &t.sets {
-        let mut keys = BTreeSet::new();
-        for e in &s.elements {
-            check_values(t, &format!("set {}", s.name), &s.key, &e.key)?;
-            if !keys.insert(&e.key) {
-                return Err(format!("set {}: duplicate key {:?}", s.name, e.key));
-            }
-            match (&s.data, &e.data) {
+        // Keys are unique by construction (elements are a map by key).
+        for (key, data) in &s.elements {
+            check_values(t, &format!("set {}", s.name), &s.key, key)?;
+            match (&s.data, data) {
                 (None, None) => {}
                 (Some(MapData::Verdict), Some(ElementData::Verdict(v))) => {
                     verdict_targets(v, &mut chains, &mut sets)

@@ -110,8 +110,7 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
         .tables
         .first()
         .and_then(|t| t.set("service-endpoints"))
-        .and_then(|s| s.elements.first())
-        .cloned()
+        .and_then(|s| s.element_list().into_iter().next())
         .ok_or_else(|| BenchError::Input("no endpoint map element".into()))?;
     let elements = |set: &str, e: Element| Op::AddElements {
         family,

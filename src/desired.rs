@@ -18,7 +18,7 @@ use crate::input::{ClusterObjects, Skipped};
 use crate::model::{self, Model, ServicePort, SvcKey, LABEL_SERVICE_NAME};
 use crate::options::Options;
 use crate::ruleset::diff;
-use crate::ruleset::ir::{Element, ElementData, Family, Ruleset, Set, Table, Value};
+use crate::ruleset::ir::{ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
 use crate::ruleset::{assemble, fragment, selection_chains, Fragment, SlotCounts};
 
@@ -489,10 +489,7 @@ impl Desired {
             let (_, set, key) = k;
             let put = |t: &mut Table, p: Presence| {
                 if let (Some(data), Some(s)) = (p, t.sets.iter_mut().find(|s| s.name == set)) {
-                    s.elements.push(Element {
-                        key: key.clone(),
-                        data,
-                    });
+                    s.elements.insert(key.clone(), data);
                 }
             };
             put(&mut before, was);

@@ -1378,7 +1378,7 @@ pub fn summarize(table: &ir::Table) -> KernelTable {
             };
             if !s.flags.dynamic {
                 let mut els: Vec<KernelElement> = s
-                    .elements
+                    .element_list()
                     .iter()
                     .map(|e| match encode_element(f, s, e, true) {
                         Ok((key, data)) => KernelElement { key, data },
@@ -1916,7 +1916,7 @@ mod tests {
                 flags: SetFlags::default(),
                 timeout: None,
                 comment: None,
-                elements,
+                elements: elements.into_iter().map(|e| (e.key, e.data)).collect(),
             }],
             chains: vec![Chain::regular("target")],
         };
@@ -1994,7 +1994,7 @@ mod tests {
             flags: SetFlags::default(),
             timeout: None,
             comment: None,
-            elements: Vec::new(),
+            elements: Default::default(),
         };
         let elements: Vec<Element> = (0..25_000u32)
             .map(|i| Element {
@@ -2096,7 +2096,7 @@ mod tests {
                 flags: SetFlags::default(),
                 timeout: None,
                 comment: None,
-                elements: vec![],
+                elements: Default::default(),
             },
         );
         let err = to_batch(&tx, &decls)
@@ -2134,7 +2134,7 @@ mod typeof_tests {
             flags: SetFlags::default(),
             timeout: None,
             comment: comment.map(str::to_string),
-            elements: vec![],
+            elements: Default::default(),
         }
     }
 

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use crate::ruleset::ir::{
-    BaseChain, Chain, ChainType, CmpOp, Element, ElementData, Expr, Family, FibAddr, Field, Hook,
+    BaseChain, Chain, ChainType, CmpOp, ElementData, Elements, Expr, Family, FibAddr, Field, Hook,
     KeyType, MapData, Proto, Rule, Ruleset, Set, SetFlags, Table, Value, Verdict,
 };
 
@@ -459,7 +459,7 @@ impl<'t> Parser<'t> {
             flags: SetFlags::default(),
             timeout: None,
             comment: None,
-            elements: vec![],
+            elements: Elements::new(),
         };
         loop {
             self.skip_seps();
@@ -548,14 +548,9 @@ impl<'t> Parser<'t> {
     }
 
     /// `{ e, e, ... }`, newlines allowed anywhere inside.
-    fn elements(
-        &mut self,
-        f: Family,
-        key: &[KeyType],
-        data: Option<&MapData>,
-    ) -> Result<Vec<Element>> {
+    fn elements(&mut self, f: Family, key: &[KeyType], data: Option<&MapData>) -> Result<Elements> {
         let opened = self.open()?;
-        let mut out = Vec::new();
+        let mut out = Elements::new();
         loop {
             self.skip_newlines();
             match self.peek_kind() {
@@ -583,7 +578,10 @@ impl<'t> Parser<'t> {
                     Some(ElementData::Values(self.values(f, types)?))
                 }
             };
-            out.push(Element { key: k, data: d });
+            let line = self.line();
+            if out.insert(k, d).is_some() {
+                return err(line, "an element is listed twice");
+            }
             self.skip_newlines();
             match self.peek_kind() {
                 Some(Kind::Comma) => self.pos += 1,
@@ -1305,16 +1303,17 @@ mod tests {
             },
             timeout: Some(90061),
             comment: None,
-            elements: vec![
-                Element {
-                    key: vec![Value::Proto(Proto::Tcp), Value::Port(1)],
-                    data: Some(ElementData::Verdict(Verdict::Goto("c".into()))),
-                },
-                Element {
-                    key: vec![Value::Proto(Proto::Udp), Value::Port(65535)],
-                    data: Some(ElementData::Verdict(Verdict::Drop)),
-                },
-            ],
+            elements: [
+                (
+                    vec![Value::Proto(Proto::Tcp), Value::Port(1)],
+                    Some(ElementData::Verdict(Verdict::Goto("c".into()))),
+                ),
+                (
+                    vec![Value::Proto(Proto::Udp), Value::Port(65535)],
+                    Some(ElementData::Verdict(Verdict::Drop)),
+                ),
+            ]
+            .into(),
         };
         let map = Set {
             name: "m".into(),
@@ -1326,10 +1325,11 @@ mod tests {
             },
             timeout: None,
             comment: Some("c".into()),
-            elements: vec![Element {
-                key: vec![Value::Addr(a4)],
-                data: Some(ElementData::Values(vec![Value::Addr(a4), Value::Port(9)])),
-            }],
+            elements: [(
+                vec![Value::Addr(a4)],
+                Some(ElementData::Values(vec![Value::Addr(a4), Value::Port(9)])),
+            )]
+            .into(),
         };
         let mut chains = vec![Chain {
             rules,

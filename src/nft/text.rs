@@ -236,12 +236,12 @@ fn set(out: &mut Out, f: Family, s: &Set) {
     }
     if !s.elements.is_empty() {
         out.push_str("\t\telements = { ");
-        for (i, e) in s.elements.iter().enumerate() {
+        for (i, (key, data)) in s.elements.iter().enumerate() {
             if i > 0 {
                 out.push_str(",\n\t\t\t     ");
                 out.step();
             }
-            element(out, e);
+            element_parts(out, key, data.as_ref());
         }
         out.push_str(" }\n");
     }
@@ -255,8 +255,12 @@ pub fn element_text(e: &Element) -> String {
 }
 
 pub fn element(out: &mut String, e: &Element) {
-    values(out, &e.key);
-    match &e.data {
+    element_parts(out, &e.key, e.data.as_ref());
+}
+
+fn element_parts(out: &mut String, key: &[Value], data: Option<&ElementData>) {
+    values(out, key);
+    match data {
         Some(ElementData::Verdict(v)) => {
             out.push_str(" : ");
             verdict(out, Family::V4, v);

@@ -312,10 +312,7 @@ impl<'a> TableBuilder<'a> {
         t.family = self.f;
         for s in &mut t.sets {
             if let Some(elems) = self.elements.remove(s.name.as_str()) {
-                s.elements = elems
-                    .into_iter()
-                    .map(|(key, data)| Element { key, data })
-                    .collect();
+                s.elements = elems;
             }
         }
         let mark = self.mark;

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::ir::{Chain, Element, Expr, Ruleset, Set, Table};
+use super::ir::{Chain, Element, ElementData, Elements, Expr, Ruleset, Set, Table, Value};
 use super::tx::{Op, Transaction};
 
 /// Replaces every table of `rs` atomically: create-if-missing, delete, recreate. There is
@@ -60,7 +60,7 @@ fn create_table(t: &Table, ops: &mut Vec<Op>) {
                 family: t.family,
                 table: t.name.clone(),
                 set: s.name.clone(),
-                elements: s.elements.clone(),
+                elements: s.element_list(),
             });
         }
     }
@@ -135,40 +135,33 @@ pub fn diff(old: &Ruleset, new: &Ruleset) -> Transaction {
     tx
 }
 
-/// Both lists are sorted by key (the builder guarantees it), so one merge walk finds what
-/// to delete (gone, or data changed) and what to add (new, or data changed).
-fn element_changes(old: &[Element], new: &[Element]) -> (Vec<Element>, Vec<Element>) {
+/// Both maps iterate in key order, so one merge walk finds what to delete (gone, or data
+/// changed) and what to add (new, or data changed).
+fn element_changes(old: &Elements, new: &Elements) -> (Vec<Element>, Vec<Element>) {
     use std::cmp::Ordering;
+    let el = |(key, data): (&Vec<Value>, &Option<ElementData>)| Element {
+        key: key.clone(),
+        data: data.clone(),
+    };
     let (mut removed, mut added) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
     loop {
-        match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) => match a.key.cmp(&b.key) {
-                Ordering::Less => {
-                    removed.push(a.clone());
-                    i += 1;
-                }
-                Ordering::Greater => {
-                    added.push(b.clone());
-                    j += 1;
-                }
+        match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => match x.0.cmp(y.0) {
+                Ordering::Less => removed.extend(a.next().map(el)),
+                Ordering::Greater => added.extend(b.next().map(el)),
                 Ordering::Equal => {
-                    if a.data != b.data {
-                        removed.push(a.clone());
-                        added.push(b.clone());
+                    let (x, y) = (a.next(), b.next());
+                    if let (Some(x), Some(y)) = (x, y) {
+                        if x.1 != y.1 {
+                            removed.push(el(x));
+                            added.push(el(y));
+                        }
                     }
-                    i += 1;
-                    j += 1;
                 }
             },
-            (Some(a), None) => {
-                removed.push(a.clone());
-                i += 1;
-            }
-            (None, Some(b)) => {
-                added.push(b.clone());
-                j += 1;
-            }
+            (Some(_), None) => removed.extend(a.next().map(el)),
+            (None, Some(_)) => added.extend(b.next().map(el)),
             (None, None) => break,
         }
     }

@@ -85,8 +85,9 @@ pub struct Set {
     /// Default element timeout in seconds.
     pub timeout: Option<u32>,
     pub comment: Option<String>,
-    /// Sorted and unique (the builder guarantees it), so sets compare and diff cheaply.
-    pub elements: Vec<Element>,
+    /// By key, so sets compare and diff in order and the agent's kept IR takes a change
+    /// in O(log n) (a 100,000-element vector moved its tail for every change).
+    pub elements: Elements,
 }
 
 impl Set {
@@ -104,10 +105,23 @@ impl Set {
             flags: self.flags,
             timeout: self.timeout,
             comment: self.comment.clone(),
-            elements: Vec::new(),
+            elements: Elements::new(),
         }
     }
+
+    /// The elements as `Element`s, in key order.
+    pub fn element_list(&self) -> Vec<Element> {
+        (self.elements.iter())
+            .map(|(key, data)| Element {
+                key: key.clone(),
+                data: data.clone(),
+            })
+            .collect()
+    }
 }
+
+/// A set's elements: key to data (`None` for a plain set).
+pub type Elements = std::collections::BTreeMap<Vec<Value>, Option<ElementData>>;
 
 /// A constant value inside a set element or a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

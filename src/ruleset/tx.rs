@@ -2,7 +2,7 @@
 //! into the desired IR. `diff` produces it, the netlink layer sends it as one batch, and
 //! `--dry-run` prints it. Order matters: the kernel checks references as it goes.
 
-use super::ir::{Chain, Element, Family, Rule, Ruleset, Set, Table};
+use super::ir::{Chain, Element, Elements, Family, Rule, Ruleset, Set, Table, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -232,12 +232,8 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             elements,
         } => {
             let s = set_mut(table_mut(rs, *family, table)?, set)?;
-            for e in elements {
-                match s.elements.binary_search_by(|x| x.key.cmp(&e.key)) {
-                    Ok(_) => return err(format!("EEXIST: element added twice to {set}")),
-                    Err(at) => s.elements.insert(at, e.clone()),
-                }
-            }
+            add_sorted(&mut s.elements, elements)
+                .map_err(|_| ReplayError(format!("EEXIST: element added twice to {set}")))?;
         }
         Op::DeleteElements {
             family,
@@ -246,14 +242,8 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             elements,
         } => {
             let s = set_mut(table_mut(rs, *family, table)?, set)?;
-            for e in elements {
-                match s.elements.binary_search_by(|x| x.key.cmp(&e.key)) {
-                    Ok(at) => {
-                        s.elements.remove(at);
-                    }
-                    Err(_) => return err(format!("ENOENT: element missing from {set}")),
-                }
-            }
+            delete_sorted(&mut s.elements, elements)
+                .map_err(|_| ReplayError(format!("ENOENT: element missing from {set}")))?;
         }
         Op::FlushSet { family, table, set } => {
             set_mut(table_mut(rs, *family, table)?, set)?
@@ -262,4 +252,69 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
         }
     }
     Ok(())
+}
+
+/// Adds `new` to `into`. Fails, leaving `into` as it was, if a key is present already (or
+/// twice in `new`), as the kernel refuses it.
+fn add_sorted(into: &mut Elements, new: &[Element]) -> Result<(), ()> {
+    let mut keys: Vec<&Vec<Value>> = new.iter().map(|e| &e.key).collect();
+    keys.sort();
+    if keys.windows(2).any(|w| w[0] == w[1]) || keys.iter().any(|k| into.contains_key(*k)) {
+        return Err(());
+    }
+    for e in new {
+        into.insert(e.key.clone(), e.data.clone());
+    }
+    Ok(())
+}
+
+/// Removes the elements with `gone`'s keys. Fails, leaving `from` as it was, if one is
+/// missing (or listed twice: the kernel would find it missing the second time).
+fn delete_sorted(from: &mut Elements, gone: &[Element]) -> Result<(), ()> {
+    let mut keys: Vec<&Vec<Value>> = gone.iter().map(|e| &e.key).collect();
+    keys.sort();
+    if keys.windows(2).any(|w| w[0] == w[1]) || keys.iter().any(|k| !from.contains_key(*k)) {
+        return Err(());
+    }
+    for k in keys {
+        from.remove(k);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::ir::Value;
+
+    fn els(keys: &[u16]) -> Vec<Element> {
+        keys.iter()
+            .map(|k| Element {
+                key: vec![Value::Port(*k)],
+                data: None,
+            })
+            .collect()
+    }
+
+    fn set(keys: &[u16]) -> Elements {
+        els(keys).into_iter().map(|e| (e.key, e.data)).collect()
+    }
+
+    #[test]
+    fn bulk_element_changes_keep_the_set_sorted_and_refuse_what_the_kernel_refuses() {
+        let mut s = set(&[2, 4, 6]);
+        add_sorted(&mut s, &els(&[7, 1, 5])).unwrap();
+        assert_eq!(s, set(&[1, 2, 4, 5, 6, 7]));
+        assert!(add_sorted(&mut s, &els(&[3, 4])).is_err(), "4 exists");
+        assert!(add_sorted(&mut s, &els(&[3, 3])).is_err(), "3 twice");
+        delete_sorted(&mut s, &els(&[7, 1, 4])).unwrap();
+        assert_eq!(s, set(&[2, 5, 6]));
+        assert!(delete_sorted(&mut s, &els(&[2, 9])).is_err(), "9 missing");
+        assert!(delete_sorted(&mut s, &els(&[5, 5])).is_err(), "5 twice");
+        assert_eq!(
+            s,
+            set(&[2, 5, 6]),
+            "a refused change leaves the set as it was"
+        );
+    }
 }
