@@ -306,8 +306,10 @@ fn table_handle(node: &Netns) -> Option<u64> {
     first.split("# handle ").nth(1)?.trim().parse().ok()
 }
 
+/// An endpoint as the data of an endpoint map element (`... . slot : <ip> . <port>`), in a
+/// listing or in `--dry-run`'s element lines.
 fn dnat_to(ip: &str) -> String {
-    format!("dnat to {ip}:")
+    format!(": {ip} . ")
 }
 
 /// Lines only in `want` (-) or only in `got` (+).
@@ -1067,30 +1069,24 @@ fn dry_run_prints_and_touches_nothing() {
         "first output is not a full sync:\n{out}"
     );
 
-    // An endpoint more rewrites the Service chain.
+    // An endpoint more adds its element to the endpoint map.
     s.api.apply(&slice("web", "TCP", 8080, &[POD_A, POD_B]));
-    wait_for("web's chain rewritten in the dry-run output", SYNC, || {
-        agent
-            .stdout()
-            .lines()
-            .any(|l| l.starts_with("~ chain service-") && l.contains("default/web/"))
+    let added = format!(
+        "+ element service-endpoints {{ {SVC_IP} . tcp . 80 . 1 {}",
+        dnat_to(POD_B)
+    );
+    wait_for("web's new endpoint in the dry-run output", SYNC, || {
+        agent.stdout().lines().any(|l| l.starts_with(&added))
     });
     let out = agent.stdout();
-    let rewrite = out
-        .lines()
-        .position(|l| l.starts_with("~ chain service-"))
-        .unwrap();
+    let at = out.lines().position(|l| l.starts_with(&added)).unwrap();
     assert!(
         out.lines()
-            .take(rewrite)
+            .take(at)
+            .filter(|l| !l.starts_with(['+', '-', '~']))
             .last()
             .is_some_and(|l| l.starts_with("partial sync")),
-        "the rewrite is not part of a partial sync:\n{out}"
-    );
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("+ rule service-") && l.contains(&dnat_to(POD_B))),
-        "the new endpoint's rule is not printed:\n{out}"
+        "the new endpoint is not part of a partial sync:\n{out}"
     );
     // A new Service adds elements.
     apply_http_service(&s.api, "other", SVC2_IP, &[POD_B]);

@@ -230,9 +230,9 @@ fn agent_follows_services_and_endpoints_on_a_real_apiserver() {
 
     let agent = Agent::start(&server.kubeconfig);
     agent.wait_for("the Service and its endpoint", |r| {
-        r.contains("10.96.7.7 . tcp . 80 : goto service-")
-            && r.contains("meta l4proto tcp dnat to 10.244.0.5:8080")
-            && r.contains("tcp . 30080 : goto external-")
+        r.contains("10.96.7.7 . tcp . 80 : goto endpoints")
+            && r.contains("10.96.7.7 . tcp . 80 . 0 : 10.244.0.5 . 8080")
+            && r.contains("tcp . 30080 : goto external-endpoints")
             && r.contains("elements = { 192.168.0.10 }")
     });
     assert!(
@@ -250,8 +250,9 @@ fn agent_follows_services_and_endpoints_on_a_real_apiserver() {
         endpoints.replace("web", &pp, &e).await.unwrap();
     });
     agent.wait_for("two endpoints", |r| {
-        r.contains("numgen random mod 2 0 meta l4proto tcp dnat to 10.244.0.5:8080")
-            && r.contains("meta l4proto tcp dnat to 10.244.1.6:8080")
+        r.contains("10.96.7.7 . tcp . 80 . 0 : 10.244.0.5 . 8080")
+            && r.contains("10.96.7.7 . tcp . 80 . 1 : 10.244.1.6 . 8080")
+            && r.contains("numgen random mod 2 map @service-endpoints")
     });
 
     // Not ready: the endpoint leaves the rotation; none left means reject.
@@ -264,7 +265,7 @@ fn agent_follows_services_and_endpoints_on_a_real_apiserver() {
         endpoints.replace("web", &pp, &e).await.unwrap();
     });
     agent.wait_for("reject for a Service without ready endpoints", |r| {
-        r.contains("10.96.7.7 . tcp . 80 : goto reject-chain") && !r.contains("dnat to 10.244.")
+        r.contains("10.96.7.7 . tcp . 80 : goto reject-chain") && !r.contains(": 10.244.")
     });
 
     // Deleted: gone from every map.

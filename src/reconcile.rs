@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::desired::Desired;
+use crate::input::ClusterObjects;
 use crate::model::Model;
 use crate::options::Options;
 use crate::ruleset::ir::Ruleset;
@@ -93,6 +94,8 @@ pub async fn run<S, F>(
     let mut desired = Desired::new(opts);
     let mut synced = false;
     let mut force_full = true;
+    // The caches as of the last sync, refreshed object by object (`Stores::refresh`).
+    let mut objects: Option<ClusterObjects> = None;
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
     let mut backoff: Option<Duration> = None;
@@ -140,9 +143,15 @@ pub async fn run<S, F>(
         let span = tracing::info_span!("sync", full = force_full || !synced);
         let _guard = span.enter();
 
-        let snapshot = stores.snapshot();
-        let update = desired.update(&snapshot, force_full || !synced);
-        drop(snapshot);
+        let full = force_full || !synced;
+        let mut dirty = changes.take_dirty();
+        // A forced full sync also re-reads every store, in case an event went missing.
+        dirty.all |= full;
+        stores.refresh(&mut objects, &dirty);
+        let Some(snapshot) = objects.as_ref() else {
+            continue;
+        };
+        let update = desired.update(snapshot, full);
         for n in &update.notes {
             tracing::debug!("{n}");
         }

@@ -2,7 +2,7 @@
 //! mark that something changed (`Changes`); the reconcile loop reads the stores when it
 //! syncs, so a sync never waits on the API server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointHints, EndpointPort, End
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -43,10 +43,44 @@ pub enum EndpointsApi {
 pub struct Changes {
     notify: Notify,
     pending: Mutex<Vec<Instant>>,
+    dirty: Mutex<Dirty>,
 }
 
+/// Which objects changed since the last sync, so that it can refresh its copy of the caches
+/// object by object instead of copying and sorting all of them (9 ms at 10,000 Services).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dirty {
+    /// Unknown (a relist replaced a whole store, or too many changes to list): refresh all.
+    pub all: bool,
+    /// (kind, namespace, name)
+    pub objects: BTreeSet<(String, Option<String>, String)>,
+}
+
+/// More changed objects than this between two syncs: a full copy is as cheap.
+const DIRTY_MAX: usize = 4096;
+
 impl Changes {
+    /// Something changed, but not one known object: the next sync reads every store.
     pub fn mark(&self) {
+        if let Ok(mut d) = self.dirty.lock() {
+            d.all = true;
+        }
+        self.arrived();
+    }
+
+    /// Object `kind` `namespace/name` was added, changed or deleted.
+    pub fn mark_object(&self, kind: &str, namespace: Option<&str>, name: &str) {
+        if let Ok(mut d) = self.dirty.lock() {
+            if d.objects.len() < DIRTY_MAX {
+                (d.objects).insert((kind.into(), namespace.map(Into::into), name.into()));
+            } else {
+                d.all = true;
+            }
+        }
+        self.arrived();
+    }
+
+    fn arrived(&self) {
         if let Ok(mut p) = self.pending.lock() {
             // Bounded: under a storm only the oldest arrival matters for the latency.
             if p.len() < 4096 {
@@ -54,6 +88,17 @@ impl Changes {
             }
         }
         self.notify.notify_one();
+    }
+
+    /// Takes the objects changed since the last call.
+    pub fn take_dirty(&self) -> Dirty {
+        self.dirty
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or(Dirty {
+                all: true,
+                objects: BTreeSet::new(),
+            })
     }
 
     /// Waits for the next change (returns at once if one is pending).
@@ -114,6 +159,40 @@ impl Stores {
         o
     }
 
+    /// Brings `objects`, a snapshot taken earlier, up to date for the objects in `dirty`:
+    /// each is looked up in its store and put in, replaced or removed at its place in the
+    /// sorted lists. Takes a full snapshot when there is none yet or `dirty.all` is set.
+    /// A change that arrives while this runs is marked again, so the next sync sees it.
+    pub fn refresh(&self, objects: &mut Option<ClusterObjects>, dirty: &Dirty) {
+        let Some(o) = objects.as_mut().filter(|_| !dirty.all) else {
+            *objects = Some(self.snapshot());
+            return;
+        };
+        for (kind, ns, name) in &dirty.objects {
+            let ns = ns.as_deref();
+            match kind.as_str() {
+                "Service" => patch(&self.services, &mut o.services, ns, name),
+                "EndpointSlice" => {
+                    if let Some(s) = &self.endpoint_slices {
+                        patch(s, &mut o.endpoint_slices, ns, name)
+                    }
+                }
+                "Endpoints" => {
+                    if let Some(s) = &self.endpoints {
+                        patch(s, &mut o.endpoints, ns, name)
+                    }
+                }
+                "Node" => patch(&self.nodes, &mut o.nodes, ns, name),
+                "ServiceCIDR" => {
+                    if let Some(s) = &self.service_cidrs {
+                        patch(s, &mut o.service_cidrs, ns, name)
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Resolves once every watched kind has delivered its first complete list: before
     /// that, the caches could be empty and programming them would drop every Service.
     pub async fn ready(&self) {
@@ -165,6 +244,33 @@ where
     }
 }
 
+/// Puts the store's current copy of `namespace/name` (or its absence) into `list`, which
+/// is sorted as `ClusterObjects::sort` sorts.
+fn patch<K>(store: &Store<K>, list: &mut Vec<Arc<K>>, namespace: Option<&str>, name: &str)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let mut r = ObjectRef::<K>::new_with(name, Default::default());
+    if let Some(ns) = namespace {
+        r = r.within(ns);
+    }
+    let now = store.get(&r);
+    let key = (namespace, Some(name));
+    let at = list.binary_search_by(|o| {
+        let m = o.meta();
+        (m.namespace.as_deref(), m.name.as_deref()).cmp(&key)
+    });
+    match (at, now) {
+        (Ok(i), Some(o)) => list[i] = o,
+        (Ok(i), None) => {
+            list.remove(i);
+        }
+        (Err(i), Some(o)) => list.insert(i, o),
+        (Err(_), None) => {}
+    }
+}
+
 fn watch<K>(api: Api<K>, config: watcher::Config, changes: Arc<Changes>) -> Store<K>
 where
     K: Slim + Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -180,7 +286,13 @@ where
             .for_each(|ev| {
                 match ev {
                     Ok(watcher::Event::Init) | Ok(watcher::Event::InitApply(_)) => {}
-                    Ok(_) => changes.mark(),
+                    // A relist replaced the store wholesale.
+                    Ok(watcher::Event::InitDone) => changes.mark(),
+                    Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::Delete(o)) => {
+                        let m = o.meta();
+                        let name = m.name.as_deref().unwrap_or_default();
+                        changes.mark_object(&kind, m.namespace.as_deref(), name)
+                    }
                     Err(e) => {
                         tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff")
                     }
@@ -683,5 +795,64 @@ subsets:
             .iter()
             .flatten()
             .all(|a| a.target_ref.is_none())));
+    }
+
+    fn svc(ns: &str, name: &str, ip: &str) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": ns, "name": name},
+            "spec": {"clusterIP": ip}
+        }))
+        .unwrap()
+    }
+
+    fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+    }
+
+    #[test]
+    fn refresh_patches_only_what_changed_and_matches_a_full_snapshot() {
+        use kube::runtime::watcher::Event;
+        let (services, mut sw) = reflector::store::<Service>();
+        let (nodes, _nw) = reflector::store::<Node>();
+        for (ns, n) in [("b", "s2"), ("a", "s1"), ("c", "s3"), ("a", "s0")] {
+            sw.apply_watcher_event(&Event::Apply(svc(ns, n, "10.96.0.1")));
+        }
+        let stores = Stores {
+            services,
+            endpoint_slices: None,
+            endpoints: None,
+            nodes,
+            service_cidrs: None,
+        };
+        let mut objects = None;
+        stores.refresh(&mut objects, &Dirty::default());
+        let first = objects.clone().unwrap();
+        assert_eq!(first.services.len(), 4);
+
+        // one changed, one added, one deleted, one marked that did not change at all
+        sw.apply_watcher_event(&Event::Apply(svc("a", "s1", "10.96.0.9")));
+        sw.apply_watcher_event(&Event::Apply(svc("b", "s9", "10.96.0.8")));
+        sw.apply_watcher_event(&Event::Delete(svc("c", "s3", "10.96.0.1")));
+        let changes = Changes::default();
+        for (ns, n) in [("a", "s1"), ("b", "s9"), ("c", "s3"), ("a", "s0")] {
+            changes.mark_object("Service", Some(ns), n);
+        }
+        stores.refresh(&mut objects, &changes.take_dirty());
+        let patched = objects.clone().unwrap();
+        assert!(same(&patched.services, &stores.snapshot().services));
+        let names: Vec<_> = (patched.services.iter())
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["s0", "s1", "s2", "s9"]);
+        // untouched objects are the very same Arcs, so `Desired` sees them as unchanged
+        assert!(Arc::ptr_eq(&first.services[0], &patched.services[0]));
+        assert!(!Arc::ptr_eq(&first.services[1], &patched.services[1]));
+        assert_eq!(changes.take_dirty(), Dirty::default(), "taken");
+
+        changes.mark();
+        assert!(
+            changes.take_dirty().all,
+            "an unknown change asks for a full snapshot"
+        );
     }
 }
