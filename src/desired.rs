@@ -179,11 +179,8 @@ fn changes<T: k8s_openapi::Metadata<Ty = ObjectMeta>>(
     }
 }
 
-/// How many Services ask for one set element, and with which data.
-struct ClaimState {
-    count: u32,
-    data: Option<ElementData>,
-}
+/// A touched element: as it was, and its claim count and data as a change goes along.
+type Touched = (Presence, u32, Option<ElementData>);
 
 type ClaimKey = (Family, &'static str, Vec<Value>);
 
@@ -206,7 +203,10 @@ pub struct Desired {
     inputs: Inputs,
     /// The ports each Service gave.
     services: BTreeMap<SvcKey, Vec<ServicePort>>,
-    claims: HashMap<ClaimKey, ClaimState>,
+    /// How many Services beyond the first ask for a set element, for the few elements that
+    /// more than one Service asks for (with the same data). The element itself, and so the
+    /// first claim, is in the IR: a second map of every element cost 27 MB at 10k.
+    extra_claims: HashMap<ClaimKey, u32>,
     /// How many Service IPs and NodePorts have each endpoint count, per family and endpoint
     /// map: the selection chains hold one rule per count in use.
     slots: HashMap<(Family, &'static str, u32), u32>,
@@ -226,7 +226,7 @@ impl Desired {
             globals: None,
             inputs: Inputs::default(),
             services: BTreeMap::new(),
-            claims: HashMap::new(),
+            extra_claims: HashMap::new(),
             slots: HashMap::new(),
             conflicted: false,
             ruleset: Ruleset::default(),
@@ -308,7 +308,7 @@ impl Desired {
             let ports = entry_ports(&inputs, &globals, &key, svc, &mut notes);
             services.insert(key, ports);
         }
-        let mut claims: HashMap<ClaimKey, ClaimState> = HashMap::new();
+        let mut extra_claims: HashMap<ClaimKey, u32> = HashMap::new();
         let mut slots: HashMap<(Family, &'static str, u32), u32> = HashMap::new();
         let mut conflicted = false;
         let mut tables = Vec::new();
@@ -320,23 +320,17 @@ impl Desired {
             for (map, n) in fragments.iter().flat_map(|fr| fr.slots.iter()) {
                 *slots.entry((f, map, *n)).or_default() += 1;
             }
-            for c in fragments.iter().flat_map(|fr| fr.claims.iter()) {
-                claims
-                    .entry((f, c.set, c.key.clone()))
-                    .and_modify(|s| s.count += 1)
-                    .or_insert_with(|| ClaimState {
-                        count: 1,
-                        data: c.data.clone(),
-                    });
+            let a = assemble(&globals, f, fragments, &mut notes);
+            for (set, key) in a.shared {
+                *extra_claims.entry((f, set, key)).or_default() += 1;
             }
-            let (table, conflict) = assemble(&globals, f, fragments, &mut notes);
-            conflicted |= conflict;
-            tables.push(table);
+            conflicted |= a.conflicted;
+            tables.push(a.table);
         }
         self.ruleset = Ruleset { tables };
         self.inputs = inputs;
         self.services = services;
-        self.claims = claims;
+        self.extra_claims = extra_claims;
         self.slots = slots;
         self.conflicted = conflicted;
         self.globals = Some(globals);
@@ -431,31 +425,37 @@ impl Desired {
         old: Vec<Fragment>,
         new: Vec<Fragment>,
     ) -> Option<(Table, Table)> {
-        let presence = |s: Option<&ClaimState>| -> Presence {
-            s.filter(|s| s.count > 0).map(|s| s.data.clone())
+        // Per touched key: as it was (from the kept IR), and the claim count and data as
+        // the change goes along.
+        let mut touched: BTreeMap<(&'static str, Vec<Value>), Touched> = BTreeMap::new();
+        let table = self.ruleset.tables.iter().find(|t| t.family == f)?;
+        let extra = &self.extra_claims;
+        let current = |set: &'static str, key: &Vec<Value>| match table
+            .set(set)
+            .and_then(|s| s.elements.get(key))
+        {
+            Some(data) => {
+                let more = extra.get(&(f, set, key.clone())).copied().unwrap_or(0);
+                (Some(data.clone()), 1 + more, data.clone())
+            }
+            None => (None, 0, None),
         };
-        let mut touched: BTreeMap<(&'static str, Vec<Value>), Presence> = BTreeMap::new();
         for c in old.iter().flat_map(|fr| &fr.claims) {
-            let k = (f, c.set, c.key.clone());
-            let state = self.claims.get_mut(&k)?;
-            touched
-                .entry((c.set, c.key.clone()))
-                .or_insert_with(|| Some(state.data.clone()));
-            state.count -= 1;
+            let t =
+                (touched.entry((c.set, c.key.clone()))).or_insert_with(|| current(c.set, &c.key));
+            if t.1 == 0 {
+                return None; // the old Service claimed it, so it must be there
+            }
+            t.1 -= 1;
         }
         for c in new.iter().flat_map(|fr| &fr.claims) {
-            let k = (f, c.set, c.key.clone());
-            let before = presence(self.claims.get(&k));
-            touched.entry((c.set, c.key.clone())).or_insert(before);
-            let state = self.claims.entry(k).or_insert(ClaimState {
-                count: 0,
-                data: c.data.clone(),
-            });
-            if state.count > 0 && state.data != c.data {
+            let t =
+                (touched.entry((c.set, c.key.clone()))).or_insert_with(|| current(c.set, &c.key));
+            if t.1 > 0 && t.2 != c.data {
                 return None;
             }
-            state.data = c.data.clone();
-            state.count += 1;
+            t.1 += 1;
+            t.2 = c.data.clone();
         }
 
         let (mut before, mut after) = (shape.clone(), shape);
@@ -480,13 +480,13 @@ impl Desired {
             before.chains.extend(selection_chains(&counts_before));
             after.chains.extend(selection_chains(&counts_after));
         }
-        for ((set, key), was) in touched {
-            let k = (f, set, key);
-            let now = presence(self.claims.get(&k));
-            if self.claims.get(&k).is_some_and(|s| s.count == 0) {
-                self.claims.remove(&k);
+        for ((set, key), (was, count, data)) in touched {
+            let now = (count > 0).then_some(data);
+            if count > 1 {
+                self.extra_claims.insert((f, set, key.clone()), count - 1);
+            } else {
+                self.extra_claims.remove(&(f, set, key.clone()));
             }
-            let (_, set, key) = k;
             let put = |t: &mut Table, p: Presence| {
                 if let (Some(data), Some(s)) = (p, t.sets.iter_mut().find(|s| s.name == set)) {
                     s.elements.insert(key.clone(), data);

@@ -79,7 +79,7 @@ pub fn build(m: &Model) -> (Ruleset, Vec<Skipped>) {
                 .chunk_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name))
                 .map(|ports| fragment(m, *f, ports))
                 .collect();
-            assemble(m, *f, fragments, &mut notes).0
+            assemble(m, *f, fragments, &mut notes).table
         })
         .collect();
     (Ruleset { tables }, notes)
@@ -161,16 +161,25 @@ pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
         .collect()
 }
 
+/// What `assemble` gives.
+#[derive(Debug)]
+pub struct Assembled {
+    pub table: Table,
+    /// Two fragments claimed one key with different data (the first won, with a note).
+    pub conflicted: bool,
+    /// A key for each claim of a key that was claimed already with the same data.
+    pub shared: Vec<(&'static str, Vec<Value>)>,
+}
+
 /// The table of family `f`: the skeleton, filled with the fragments' elements (in order, so
 /// the first claim of a key wins) and chains. Chains the fragments add follow the
-/// skeleton's, sorted by name, so a table has one order however it was reached. The flag
-/// says whether two fragments claimed one key with different data.
+/// skeleton's, sorted by name, so a table has one order however it was reached.
 pub fn assemble(
     m: &Model,
     f: Family,
     fragments: Vec<Fragment>,
     notes: &mut Vec<Skipped>,
-) -> (Table, bool) {
+) -> Assembled {
     let mut b = TableBuilder::new(m, f);
     let nodeports = nodeport_ips(m, f);
     if let NodePortIps::List(ips) = &nodeports {
@@ -182,6 +191,7 @@ pub fn assemble(
         }
     }
     let mut conflicted = false;
+    let mut shared = Vec::new();
     for fr in fragments {
         for (map, n) in &fr.slots {
             b.slot_counts.entry(map).or_default().insert(*n);
@@ -209,7 +219,7 @@ pub fn assemble(
                         ),
                     });
                 }
-                Some(_) => {}
+                Some(_) => shared.push((c.set, c.key)),
                 None => {
                     entry.insert(c.key, c.data);
                 }
@@ -226,7 +236,11 @@ pub fn assemble(
             r.exprs.shrink_to_fit();
         }
     }
-    (b.finish(&nodeports), conflicted)
+    Assembled {
+        table: b.finish(&nodeports),
+        conflicted,
+        shared,
+    }
 }
 
 struct TableBuilder<'a> {

@@ -7,5 +7,5 @@ pub mod names;
 pub mod tx;
 
 pub use build::{
-    assemble, build, fragment, selection_chains, Claim, Fragment, SlotCounts, TABLE_NAME,
+    assemble, build, fragment, selection_chains, Assembled, Claim, Fragment, SlotCounts, TABLE_NAME,
 };
