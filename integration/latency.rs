@@ -17,7 +17,7 @@ use kube_nftproxy::nft::{monitor, netlink};
 use kube_nftproxy::options::Options;
 use kube_nftproxy::reconcile::{self, Sink, Timing};
 use kube_nftproxy::ruleset::ir::Ruleset;
-use kube_nftproxy::ruleset::tx::Transaction;
+use kube_nftproxy::ruleset::tx::{Op, Transaction};
 use kube_nftproxy::watch::{self, Changes, EndpointsApi};
 use serde_json::{json, Value};
 use support::fakeapi::FakeApi;
@@ -26,6 +26,8 @@ use support::*;
 type Job = (
     Transaction,
     netlink::SetDecls,
+    // the ruleset a full sync's `FillSet`s read their elements from
+    Option<Ruleset>,
     mpsc::Sender<Result<Option<Instant>, String>>,
 );
 
@@ -48,9 +50,9 @@ impl NetnsSink {
                 // Listening from the second transaction on: a listener makes the kernel
                 // build a notification per object, which would slow the full first sync.
                 let mut commits: Option<monitor::Commits> = None;
-                for (t, decls, reply) in rx {
+                for (t, decls, source, reply) in rx {
                     let started = Instant::now();
-                    let r = netlink::apply(&t, &decls).map(|_| {
+                    let r = netlink::apply_with(&t, &[], &decls, source.as_ref()).map(|_| {
                         commits
                             .as_ref()
                             .and_then(|c| c.first_since(started, Duration::from_millis(20)))
@@ -72,8 +74,14 @@ impl NetnsSink {
 impl Sink for NetnsSink {
     fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
         let (reply, rx) = mpsc::channel();
+        let fills = tx.ops.iter().any(|o| matches!(o, Op::FillSet { .. }));
         self.jobs
-            .send((tx.clone(), netlink::SetDecls::from_ruleset(desired), reply))
+            .send((
+                tx.clone(),
+                netlink::SetDecls::from_ruleset(desired),
+                fills.then(|| desired.clone()),
+                reply,
+            ))
             .map_err(|e| e.to_string())?;
         let commit = rx.recv().map_err(|e| e.to_string())??;
         self.commits.lock().unwrap().push(commit);

@@ -130,7 +130,8 @@ impl crate::reconcile::Sink for KernelSink {
         } else {
             Vec::new()
         };
-        netlink::apply_with(tx, &extra, &netlink::SetDecls::from_ruleset(desired))
+        let decls = netlink::SetDecls::from_ruleset(desired);
+        netlink::apply_with(tx, &extra, &decls, Some(desired))
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

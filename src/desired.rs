@@ -335,7 +335,7 @@ impl Desired {
         self.conflicted = conflicted;
         self.globals = Some(globals);
         Update {
-            tx: diff::full(&self.ruleset),
+            tx: diff::full_by_reference(&self.ruleset),
             full: true,
             changed: None,
             notes,

@@ -360,11 +360,21 @@ fn encode_element(
     e: &Element,
     with_data: bool,
 ) -> Result<(Vec<u8>, Option<KernelData>), String> {
-    let key = encode_values(f, &decl.key, &e.key)?;
+    encode_parts(f, decl, &e.key, e.data.as_ref(), with_data)
+}
+
+fn encode_parts(
+    f: Family,
+    decl: &Set,
+    key: &[Value],
+    data: Option<&ElementData>,
+    with_data: bool,
+) -> Result<(Vec<u8>, Option<KernelData>), String> {
+    let key = encode_values(f, &decl.key, key)?;
     if !with_data {
         return Ok((key, None));
     }
-    let data = match (&decl.data, &e.data) {
+    let data = match (&decl.data, data) {
         (None, None) => None,
         (Some(MapData::Verdict), Some(ElementData::Verdict(v))) => Some(KernelData::Verdict(
             verdict_kind(v).ok_or_else(|| format!("verdict {v:?} in a verdict map"))?,
@@ -745,16 +755,28 @@ fn nl_chain_type(k: ChainType) -> NlChainType {
 /// batch sequence number, a description of the IR object of each message (index 0 is the
 /// batch-begin marker), so that a kernel error can name what it refused.
 pub fn to_batch(tx: &Transaction, sets: &SetDecls) -> Result<(Batch, Vec<Desc>), NetlinkError> {
-    to_batch_with(tx, &[], sets)
+    to_batch_with(tx, &[], sets, None)
 }
 
 /// [`to_batch`] of `tx` followed by `extra` (e.g. deletes of tables the node no longer
 /// needs), without copying either. [`Desc`] indexes count `tx.ops` first, then `extra`.
+/// `source` is the ruleset [`Op::FillSet`] takes its elements from.
 pub fn to_batch_with(
     tx: &Transaction,
     extra: &[Op],
     sets: &SetDecls,
+    source: Option<&Ruleset>,
 ) -> Result<(Batch, Vec<Desc>), NetlinkError> {
+    let filled = |family: Family, table: &str, set: &str| {
+        source
+            .and_then(|rs| {
+                rs.tables
+                    .iter()
+                    .find(|t| t.family == family && t.name == table)
+            })
+            .and_then(|t| t.set(set))
+            .map(|s| &s.elements)
+    };
     // Measured sizes: a rule is 300-400 bytes, an element 40-60; reserving avoids copying
     // a 40 MB cold-start batch again and again as it grows.
     let estimate: usize = tx
@@ -764,6 +786,9 @@ pub fn to_batch_with(
         .map(|op| match op {
             Op::AddElements { elements, .. } | Op::DeleteElements { elements, .. } => {
                 256 + elements.len() * 64
+            }
+            Op::FillSet { family, table, set } => {
+                256 + filled(*family, table, set).map_or(0, |e| e.len() * 64)
             }
             _ => 400,
         })
@@ -883,18 +908,28 @@ pub fn to_batch_with(
                 add(&mut batch, seq, this);
             }
             Op::AddElements {
-                family,
-                table,
-                set,
-                elements,
+                family, table, set, ..
             }
             | Op::DeleteElements {
-                family,
-                table,
-                set,
-                elements,
-            } => {
-                let adding = matches!(op, Op::AddElements { .. });
+                family, table, set, ..
+            }
+            | Op::FillSet { family, table, set } => {
+                let adding = !matches!(op, Op::DeleteElements { .. });
+                let elements: Box<dyn Iterator<Item = (&[Value], Option<&ElementData>)>> = match op
+                {
+                    Op::AddElements { elements, .. } | Op::DeleteElements { elements, .. } => {
+                        Box::new(elements.iter().map(|e| (e.key.as_slice(), e.data.as_ref())))
+                    }
+                    _ => {
+                        let Some(els) = filled(*family, table, set) else {
+                            return Err(encode_err(
+                                &format!("fill {} {table} {set}", text::family_name(*family)),
+                                "no ruleset to take the elements from",
+                            ));
+                        };
+                        Box::new(els.iter().map(|(k, d)| (k.as_slice(), d.as_ref())))
+                    }
+                };
                 let object = || {
                     format!(
                         "{} elements of {} {table} {set}",
@@ -928,9 +963,15 @@ pub fn to_batch_with(
                         },
                     );
                 };
-                for (i, e) in elements.iter().enumerate() {
-                    let (k, d) = encode_element(*family, decl, e, adding).map_err(|r| {
-                        encode_err(&format!("{}: {}", object(), text::element_text(e)), r)
+                let mut count = 0;
+                for (i, (key, data)) in elements.enumerate() {
+                    count = i + 1;
+                    let (k, d) = encode_parts(*family, decl, key, data, adding).map_err(|r| {
+                        let e = Element {
+                            key: key.to_vec(),
+                            data: data.cloned(),
+                        };
+                        encode_err(&format!("{}: {}", object(), text::element_text(&e)), r)
                     })?;
                     let el = nl_element(k, d);
                     let size = 4 + pad_netlink_object_with_variable_size(el.get_size());
@@ -944,7 +985,7 @@ pub fn to_batch_with(
                     bytes += size;
                 }
                 if bytes > 0 {
-                    flush(&mut batch, &list, first, elements.len());
+                    flush(&mut batch, &list, first, count);
                 }
             }
         }
@@ -1015,6 +1056,9 @@ fn op_text(op: &Op) -> String {
         Op::DeleteElements {
             family, table, set, ..
         } => format!("delete elements of {} {table} {set}", fam(family)),
+        Op::FillSet { family, table, set } => {
+            format!("add the elements of {} {table} {set}", fam(family))
+        }
     }
 }
 
@@ -1066,6 +1110,13 @@ impl Desc {
                             .unwrap_or_default()
                     )
                 }
+                Some(Op::FillSet { family, table, set }) => format!(
+                    "add elements {}..{} to {} {} {table} {set}",
+                    first + 1,
+                    first + n,
+                    if *map { "map" } else { "set" },
+                    text::family_name(*family),
+                ),
                 _ => format!("operation {op}"),
             },
         }
@@ -1089,21 +1140,23 @@ fn kernel_error(e: QueryError, descs: &[Desc], tx: &Transaction, extra: &[Op]) -
 /// Sends `tx` as one batch: the kernel applies all of it or, on an error, nothing.
 /// An empty transaction sends nothing.
 pub fn apply(tx: &Transaction, sets: &SetDecls) -> Result<ApplyStats, NetlinkError> {
-    apply_with(tx, &[], sets)
+    apply_with(tx, &[], sets, None)
 }
 
 /// [`apply`] of `tx` followed by `extra` in the same batch (the caller need not copy a
 /// 10k-Service transaction to append a few operations).
+/// `source` is the ruleset [`Op::FillSet`] takes its elements from.
 pub fn apply_with(
     tx: &Transaction,
     extra: &[Op],
     sets: &SetDecls,
+    source: Option<&Ruleset>,
 ) -> Result<ApplyStats, NetlinkError> {
     if tx.is_empty() && extra.is_empty() {
         return Ok(ApplyStats::default());
     }
     let t0 = Instant::now();
-    let (batch, descs) = to_batch_with(tx, extra, sets)?;
+    let (batch, descs) = to_batch_with(tx, extra, sets, source)?;
     let build = t0.elapsed();
     let (messages, bytes) = (batch.len(), batch.size_bytes());
     let t1 = Instant::now();
@@ -2020,7 +2073,7 @@ mod tests {
             family: Family::V4,
             name: "old".into(),
         }];
-        let (batch, descs) = to_batch_with(&tx, &delete, &decls).unwrap();
+        let (batch, descs) = to_batch_with(&tx, &delete, &decls, None).unwrap();
         assert_eq!(descs.len(), batch.len() + 1);
         // The reference packing, from every encoded element at once.
         let nl = nl_set(Family::V4, "t", &map).unwrap();
@@ -2166,6 +2219,41 @@ mod typeof_tests {
         for (f, key, comment, want) in cases {
             let set = nl_set(f, "t", &endpoint_map(key, comment)).unwrap();
             assert_eq!(set.userdata.clone().unwrap(), hex(&want.replace(' ', "")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::*;
+    use crate::ruleset::diff;
+
+    /// The agent's full sync reads elements from the ruleset; its batch must be the one a
+    /// transaction with copied elements gives.
+    #[test]
+    fn a_full_sync_by_reference_encodes_like_a_copying_one() {
+        let yaml = std::fs::read_to_string("testdata/etp-local/cluster.yaml").unwrap();
+        let mut objects = crate::input::ClusterObjects::default();
+        objects.add_text("t", &yaml, &mut Vec::new()).unwrap();
+        objects.sort();
+        let opts = crate::options::Options {
+            hostname: "node-a".into(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            ..Default::default()
+        };
+        let (rs, _) = crate::render::ruleset(&objects, &opts);
+        let decls = SetDecls::from_ruleset(&rs);
+        let (copied, _) = to_batch(&diff::full(&rs), &decls).unwrap();
+        let by_ref = diff::full_by_reference(&rs);
+        assert!(by_ref.ops.iter().any(|o| matches!(o, Op::FillSet { .. })));
+        let (filled, _) = to_batch_with(&by_ref, &[], &decls, Some(&rs)).unwrap();
+        assert_eq!(
+            (filled.len(), filled.size_bytes()),
+            (copied.len(), copied.size_bytes())
+        );
+        match to_batch(&by_ref, &decls) {
+            Err(e) => assert!(e.to_string().contains("no ruleset"), "{e}"),
+            Ok(_) => panic!("a fill without a ruleset encoded"),
         }
     }
 }

@@ -541,12 +541,17 @@ fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
         Op::DeleteElements { elements, .. } => elements.len(),
         _ => 0,
     });
+    let filled = count(&|o| matches!(o, Op::FillSet { .. }) as usize);
     let kind = if full { "full sync" } else { "partial sync" };
-    let _ = writeln!(
+    let _ = write!(
         out,
         "{kind}: {} operations; {chains} chains added, {rules} rules added, {added} elements added, {removed} elements removed",
         tx.ops.len()
     );
+    if filled > 0 {
+        let _ = write!(out, ", {filled} sets filled with all their elements");
+    }
+    out.push('\n');
     if full {
         for o in &tx.ops {
             if let Op::DeleteTable { family, name } = o {
@@ -596,6 +601,9 @@ fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
                     out.push_str(" }\n");
                     out.step();
                 }
+            }
+            Op::FillSet { set, .. } => {
+                let _ = writeln!(out, "+ every element of {set}");
             }
             Op::FlushSet { set, .. } => {
                 let _ = writeln!(out, "~ set {set} flushed");

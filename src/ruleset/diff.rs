@@ -11,6 +11,16 @@ use super::tx::{Op, Transaction};
 /// Replaces every table of `rs` atomically: create-if-missing, delete, recreate. There is
 /// no moment in which packets find no rules, because the kernel commits it as one.
 pub fn full(rs: &Ruleset) -> Transaction {
+    full_with(rs, true)
+}
+
+/// `full`, with each set's elements as a [`Op::FillSet`] that the netlink layer reads from
+/// `rs` itself: the agent's full sync, which would otherwise copy every element.
+pub fn full_by_reference(rs: &Ruleset) -> Transaction {
+    full_with(rs, false)
+}
+
+fn full_with(rs: &Ruleset, copy_elements: bool) -> Transaction {
     // Sized up front: at 10,000 Services this is 100,000+ operations, and a vector grown
     // by doubling would hold up to twice that while the first sync is sent.
     let count: usize = rs
@@ -34,12 +44,12 @@ pub fn full(rs: &Ruleset) -> Transaction {
             family: t.family,
             name: t.name.clone(),
         });
-        create_table(t, &mut ops);
+        create_table(t, &mut ops, copy_elements);
     }
     Transaction { ops }
 }
 
-fn create_table(t: &Table, ops: &mut Vec<Op>) {
+fn create_table(t: &Table, ops: &mut Vec<Op>, copy_elements: bool) {
     ops.push(Op::AddTable {
         family: t.family,
         name: t.name.clone(),
@@ -55,13 +65,19 @@ fn create_table(t: &Table, ops: &mut Vec<Op>) {
             table: t.name.clone(),
             set: declaration(s),
         });
-        if !s.elements.is_empty() {
-            ops.push(Op::AddElements {
+        match (s.elements.is_empty(), copy_elements) {
+            (true, _) => {}
+            (false, true) => ops.push(Op::AddElements {
                 family: t.family,
                 table: t.name.clone(),
                 set: s.name.clone(),
                 elements: s.element_list(),
-            });
+            }),
+            (false, false) => ops.push(Op::FillSet {
+                family: t.family,
+                table: t.name.clone(),
+                set: s.name.clone(),
+            }),
         }
     }
     for c in &t.chains {
