@@ -61,16 +61,20 @@ fn live_heap_by_stage_10k_services() {
     drop(update);
     let kept = live_mib();
     let agent_tx = with_tx - kept;
+    let ir = state.ruleset().clone();
+    let ir_size = live_mib() - kept;
+    drop(ir);
     let tx = ruleset::diff::full(state.ruleset());
     let copying_tx = live_mib() - kept;
     drop(tx);
     println!(
         "10,000 Services x 10 endpoints, live heap: objects (as the reflector stores hold them) {:.0} MiB; \
-         kept sync state (IR, per-Service ports, claims, inputs) {:.0} MiB; \
+         kept sync state (IR, per-Service ports, claims, inputs) {:.0} MiB, of which the IR {:.0} MiB; \
          the agent's full-sync transaction {:.1} MiB more (elements read from the IR; a copying one, as `apply` builds, {:.0} MiB); \
          peak during the first sync {:.0} MiB",
         after_objects - base,
         kept - after_objects,
+        ir_size,
         agent_tx,
         copying_tx,
         with_tx - base
