@@ -1,10 +1,12 @@
 //! The cluster objects as the proxy keeps them: only what `model` and `desired` read.
 //!
 //! The agent holds every Service and EndpointSlice of the cluster between syncs (in the
-//! reflector stores and in `desired`'s inputs), so their size is most of its memory. The
-//! k8s-openapi types are decoded at the edges (files in `input`, API responses in `watch`)
-//! and converted here, field by field, into these types; nothing else of an object is kept.
-//! A field the model starts reading must be added here.
+//! reflector stores and in `desired`'s inputs), so their size is most of its memory. Files
+//! (`input`) are decoded as k8s-openapi types, which check them, and API responses (`watch`)
+//! as the `api` types below, which decode only the fields kept; both are converted here,
+//! field by field, by one conversion body, into these types. Nothing else of an object is
+//! kept. A field the model starts reading must be added here, to `api`, and to the
+//! conversion.
 //!
 //! Compact forms: strings are `Box<str>` (no spare capacity); namespaces, node names, zone
 //! names and port names, which repeat across thousands of objects, are interned `Arc<str>`;
@@ -14,8 +16,8 @@
 //! so notes are unchanged.
 //!
 //! The types implement the reflector's `Lookup` (name and namespace are all a store needs),
-//! not `kube::Resource`: they carry no `ObjectMeta`. The watchers decode the k8s-openapi
-//! type of a page or an event and convert it before the reflector stores it.
+//! not `kube::Resource`: they carry no `ObjectMeta`. The `api` types, which `kube::Api` and
+//! the watcher handle one page or event at a time, implement `kube::Resource`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -261,58 +263,6 @@ fn labels(m: &mut ObjectMeta) -> BTreeMap<String, String> {
     m.labels.take().unwrap_or_default()
 }
 
-impl From<core::Service> for Service {
-    fn from(mut o: core::Service) -> Service {
-        let labels = labels(&mut o.metadata);
-        let load_balancer_ingress_ips = o
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|l| l.ingress)
-            .into_iter()
-            .flatten()
-            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-            .filter_map(|i| i.ip.map(String::into_boxed_str))
-            .collect();
-        let spec = o.spec.map(|s| ServiceSpec {
-            type_: match s.type_.as_deref() {
-                Some("NodePort") => ServiceType::NodePort,
-                Some("LoadBalancer") => ServiceType::LoadBalancer,
-                Some("ExternalName") => ServiceType::ExternalName,
-                _ => ServiceType::ClusterIp,
-            },
-            cluster_ip: s.cluster_ip.map(String::into_boxed_str),
-            cluster_ips: boxed(s.cluster_ips),
-            external_ips: boxed(s.external_ips),
-            load_balancer_source_ranges: boxed(s.load_balancer_source_ranges),
-            client_ip_affinity: s.session_affinity.as_deref() == Some("ClientIP"),
-            affinity_timeout: s
-                .session_affinity_config
-                .and_then(|c| c.client_ip)
-                .and_then(|c| c.timeout_seconds),
-            external_policy_local: s.external_traffic_policy.as_deref() == Some("Local"),
-            internal_policy_local: s.internal_traffic_policy.as_deref() == Some("Local"),
-            ports: s
-                .ports
-                .into_iter()
-                .flatten()
-                .map(|p| ServicePort {
-                    name: intern(p.name.as_deref().unwrap_or("")),
-                    protocol: Protocol::of(p.protocol),
-                    port: p.port,
-                    node_port: p.node_port,
-                })
-                .collect(),
-        });
-        Service {
-            metadata: Meta::of(&mut o.metadata),
-            other_proxy: labels.contains_key(LABEL_PROXY_NAME),
-            headless_label: labels.contains_key(LABEL_HEADLESS),
-            spec,
-            load_balancer_ingress_ips,
-        }
-    }
-}
-
 fn endpoint_port(
     name: Option<String>,
     protocol: Option<String>,
@@ -325,105 +275,166 @@ fn endpoint_port(
     }
 }
 
-impl From<discovery::EndpointSlice> for EndpointSlice {
-    fn from(mut o: discovery::EndpointSlice) -> EndpointSlice {
-        let service_name = labels(&mut o.metadata)
-            .remove(LABEL_SERVICE_NAME)
-            .map(String::into_boxed_str);
-        EndpointSlice {
-            metadata: Meta::of(&mut o.metadata),
-            service_name,
-            address_type: intern(&o.address_type),
-            ports: o
-                .ports
-                .into_iter()
-                .flatten()
-                .map(|p| endpoint_port(p.name, p.protocol, p.port))
-                .collect(),
-            endpoints: o
-                .endpoints
-                .into_iter()
-                .map(|e| {
-                    let c = e.conditions.unwrap_or_default();
-                    Endpoint {
-                        address: e.addresses.into_iter().next().map(Address::parse),
-                        ready: c.ready,
-                        serving: c.serving,
-                        terminating: c.terminating,
-                        node_name: e.node_name.as_deref().map(intern),
-                        zone_hints: e
-                            .hints
-                            .and_then(|h| h.for_zones)
-                            .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
-                    }
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<core::Endpoints> for Endpoints {
-    fn from(mut o: core::Endpoints) -> Endpoints {
-        let addresses = |v: Option<Vec<core::EndpointAddress>>| -> Box<[EndpointAddress]> {
-            v.into_iter()
-                .flatten()
-                .map(|a| EndpointAddress {
-                    ip: Address::parse(a.ip),
-                    node_name: a.node_name.as_deref().map(intern),
-                })
-                .collect()
-        };
-        Endpoints {
-            metadata: Meta::of(&mut o.metadata),
-            subsets: o
-                .subsets
-                .into_iter()
-                .flatten()
-                .map(|s| EndpointSubset {
-                    addresses: addresses(s.addresses),
-                    not_ready_addresses: addresses(s.not_ready_addresses),
+/// The conversions, from the k8s-openapi types (files) and from the `api` types (watchers):
+/// one body for both, as the two have the same field names and types for every field read.
+macro_rules! conversions {
+    ($core:ident, $discovery:ident, $networking:ident) => {
+        impl From<$core::Service> for Service {
+            fn from(mut o: $core::Service) -> Service {
+                let labels = labels(&mut o.metadata);
+                let load_balancer_ingress_ips = o
+                    .status
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|l| l.ingress)
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                    .filter_map(|i| i.ip.map(String::into_boxed_str))
+                    .collect();
+                let spec = o.spec.map(|s| ServiceSpec {
+                    type_: match s.type_.as_deref() {
+                        Some("NodePort") => ServiceType::NodePort,
+                        Some("LoadBalancer") => ServiceType::LoadBalancer,
+                        Some("ExternalName") => ServiceType::ExternalName,
+                        _ => ServiceType::ClusterIp,
+                    },
+                    cluster_ip: s.cluster_ip.map(String::into_boxed_str),
+                    cluster_ips: boxed(s.cluster_ips),
+                    external_ips: boxed(s.external_ips),
+                    load_balancer_source_ranges: boxed(s.load_balancer_source_ranges),
+                    client_ip_affinity: s.session_affinity.as_deref() == Some("ClientIP"),
+                    affinity_timeout: s
+                        .session_affinity_config
+                        .and_then(|c| c.client_ip)
+                        .and_then(|c| c.timeout_seconds),
+                    external_policy_local: s.external_traffic_policy.as_deref() == Some("Local"),
+                    internal_policy_local: s.internal_traffic_policy.as_deref() == Some("Local"),
                     ports: s
                         .ports
                         .into_iter()
                         .flatten()
-                        .map(|p| endpoint_port(p.name, p.protocol, Some(p.port)))
+                        .map(|p| ServicePort {
+                            name: intern(p.name.as_deref().unwrap_or("")),
+                            protocol: Protocol::of(p.protocol),
+                            port: p.port,
+                            node_port: p.node_port,
+                        })
                         .collect(),
-                })
-                .collect(),
+                });
+                Service {
+                    metadata: Meta::of(&mut o.metadata),
+                    other_proxy: labels.contains_key(LABEL_PROXY_NAME),
+                    headless_label: labels.contains_key(LABEL_HEADLESS),
+                    spec,
+                    load_balancer_ingress_ips,
+                }
+            }
         }
-    }
+
+        impl From<$discovery::EndpointSlice> for EndpointSlice {
+            fn from(mut o: $discovery::EndpointSlice) -> EndpointSlice {
+                let service_name = labels(&mut o.metadata)
+                    .remove(LABEL_SERVICE_NAME)
+                    .map(String::into_boxed_str);
+                EndpointSlice {
+                    metadata: Meta::of(&mut o.metadata),
+                    service_name,
+                    address_type: intern(&o.address_type),
+                    ports: o
+                        .ports
+                        .into_iter()
+                        .flatten()
+                        .map(|p| endpoint_port(p.name, p.protocol, p.port))
+                        .collect(),
+                    endpoints: o
+                        .endpoints
+                        .into_iter()
+                        .map(|e| {
+                            let c = e.conditions.unwrap_or_default();
+                            Endpoint {
+                                address: e.addresses.into_iter().next().map(Address::parse),
+                                ready: c.ready,
+                                serving: c.serving,
+                                terminating: c.terminating,
+                                node_name: e.node_name.as_deref().map(intern),
+                                zone_hints: e
+                                    .hints
+                                    .and_then(|h| h.for_zones)
+                                    .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
+                            }
+                        })
+                        .collect(),
+                }
+            }
+        }
+
+        impl From<$core::Endpoints> for Endpoints {
+            fn from(mut o: $core::Endpoints) -> Endpoints {
+                let addresses = |v: Option<Vec<$core::EndpointAddress>>| -> Box<[EndpointAddress]> {
+                    v.into_iter()
+                        .flatten()
+                        .map(|a| EndpointAddress {
+                            ip: Address::parse(a.ip),
+                            node_name: a.node_name.as_deref().map(intern),
+                        })
+                        .collect()
+                };
+                Endpoints {
+                    metadata: Meta::of(&mut o.metadata),
+                    subsets: o
+                        .subsets
+                        .into_iter()
+                        .flatten()
+                        .map(|s| EndpointSubset {
+                            addresses: addresses(s.addresses),
+                            not_ready_addresses: addresses(s.not_ready_addresses),
+                            ports: s
+                                .ports
+                                .into_iter()
+                                .flatten()
+                                .map(|p| endpoint_port(p.name, p.protocol, Some(p.port)))
+                                .collect(),
+                        })
+                        .collect(),
+                }
+            }
+        }
+
+        impl From<$core::Node> for Node {
+            fn from(mut o: $core::Node) -> Node {
+                let zone = labels(&mut o.metadata)
+                    .remove(LABEL_ZONE)
+                    .map(String::into_boxed_str);
+                Node {
+                    metadata: Meta::of(&mut o.metadata),
+                    zone,
+                    addresses: o
+                        .status
+                        .and_then(|s| s.addresses)
+                        .into_iter()
+                        .flatten()
+                        .map(|a| NodeAddress {
+                            type_: a.type_.into_boxed_str(),
+                            address: a.address.into_boxed_str(),
+                        })
+                        .collect(),
+                }
+            }
+        }
+
+        impl From<$networking::ServiceCIDR> for ServiceCidr {
+            fn from(mut o: $networking::ServiceCIDR) -> ServiceCidr {
+                ServiceCidr {
+                    metadata: Meta::of(&mut o.metadata),
+                    cidrs: boxed(o.spec.and_then(|s| s.cidrs)),
+                }
+            }
+        }
+    };
 }
 
-impl From<core::Node> for Node {
-    fn from(mut o: core::Node) -> Node {
-        let zone = labels(&mut o.metadata)
-            .remove(LABEL_ZONE)
-            .map(String::into_boxed_str);
-        Node {
-            metadata: Meta::of(&mut o.metadata),
-            zone,
-            addresses: o
-                .status
-                .and_then(|s| s.addresses)
-                .into_iter()
-                .flatten()
-                .map(|a| NodeAddress {
-                    type_: a.type_.into_boxed_str(),
-                    address: a.address.into_boxed_str(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<networking::ServiceCIDR> for ServiceCidr {
-    fn from(mut o: networking::ServiceCIDR) -> ServiceCidr {
-        ServiceCidr {
-            metadata: Meta::of(&mut o.metadata),
-            cidrs: boxed(o.spec.and_then(|s| s.cidrs)),
-        }
-    }
-}
+conversions!(core, discovery, networking);
+conversions!(api, api, api);
 
 /// `Object` and the reflector's `Lookup`, with the API coordinates of the k8s-openapi type.
 macro_rules! object {
@@ -472,6 +483,265 @@ object!(EndpointSlice, discovery::EndpointSlice);
 object!(Endpoints, core::Endpoints);
 object!(Node, core::Node);
 object!(ServiceCidr, networking::ServiceCIDR);
+
+/// The API's JSON as the watchers decode it: only the fields the slim types keep, with the
+/// names and types of their k8s-openapi counterparts (so one conversion serves both).
+/// Every other field is skipped by the decoder without being built: decoding full
+/// k8s-openapi objects only to drop most of them left the agent's heap fragmented.
+/// `tests::api_and_file_decoding_agree` holds the two decodings to the same result.
+pub mod api {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::api::discovery::v1 as discovery;
+    use k8s_openapi::api::networking::v1 as networking;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde::{Deserialize, Deserializer};
+
+    /// A required field: absent or `null` is its default, as k8s-openapi reads it (the API
+    /// server writes `endpoints: null` for an EndpointSlice without endpoints).
+    fn required<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+    }
+
+    /// Name, namespace, resourceVersion (the watcher resumes from it) and labels.
+    fn meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Meta {
+            name: Option<String>,
+            namespace: Option<String>,
+            resource_version: Option<String>,
+            labels: Option<BTreeMap<String, String>>,
+        }
+        let m = Meta::deserialize(d)?;
+        Ok(ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            resource_version: m.resource_version,
+            labels: m.labels,
+            ..ObjectMeta::default()
+        })
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct Service {
+        #[serde(default, deserialize_with = "meta")]
+        pub metadata: ObjectMeta,
+        pub spec: Option<ServiceSpec>,
+        pub status: Option<ServiceStatus>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ServiceSpec {
+        #[serde(rename = "type")]
+        pub type_: Option<String>,
+        #[serde(rename = "clusterIP")]
+        pub cluster_ip: Option<String>,
+        #[serde(rename = "clusterIPs")]
+        pub cluster_ips: Option<Vec<String>>,
+        #[serde(rename = "externalIPs")]
+        pub external_ips: Option<Vec<String>>,
+        pub load_balancer_source_ranges: Option<Vec<String>>,
+        pub session_affinity: Option<String>,
+        pub session_affinity_config: Option<SessionAffinityConfig>,
+        pub external_traffic_policy: Option<String>,
+        pub internal_traffic_policy: Option<String>,
+        pub ports: Option<Vec<ServicePort>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct SessionAffinityConfig {
+        #[serde(rename = "clientIP")]
+        pub client_ip: Option<ClientIpConfig>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ClientIpConfig {
+        pub timeout_seconds: Option<i32>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ServicePort {
+        pub name: Option<String>,
+        pub protocol: Option<String>,
+        #[serde(default, deserialize_with = "required")]
+        pub port: i32,
+        pub node_port: Option<i32>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ServiceStatus {
+        pub load_balancer: Option<LoadBalancerStatus>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct LoadBalancerStatus {
+        pub ingress: Option<Vec<LoadBalancerIngress>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct LoadBalancerIngress {
+        pub ip: Option<String>,
+        pub ip_mode: Option<String>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct EndpointSlice {
+        #[serde(default, deserialize_with = "meta")]
+        pub metadata: ObjectMeta,
+        #[serde(default, deserialize_with = "required")]
+        pub address_type: String,
+        #[serde(default, deserialize_with = "required")]
+        pub endpoints: Vec<Endpoint>,
+        pub ports: Option<Vec<EndpointPort>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Endpoint {
+        #[serde(default, deserialize_with = "required")]
+        pub addresses: Vec<String>,
+        pub conditions: Option<EndpointConditions>,
+        pub node_name: Option<String>,
+        pub hints: Option<EndpointHints>,
+    }
+
+    #[derive(Clone, Debug, Default, Deserialize)]
+    pub struct EndpointConditions {
+        pub ready: Option<bool>,
+        pub serving: Option<bool>,
+        pub terminating: Option<bool>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct EndpointHints {
+        pub for_zones: Option<Vec<ForZone>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct ForZone {
+        #[serde(default, deserialize_with = "required")]
+        pub name: String,
+    }
+
+    /// A port of an EndpointSlice (v1 Endpoints ports have the same fields).
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct EndpointPort {
+        pub name: Option<String>,
+        pub protocol: Option<String>,
+        pub port: Option<i32>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct Endpoints {
+        #[serde(default, deserialize_with = "meta")]
+        pub metadata: ObjectMeta,
+        pub subsets: Option<Vec<EndpointSubset>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct EndpointSubset {
+        pub addresses: Option<Vec<EndpointAddress>>,
+        pub not_ready_addresses: Option<Vec<EndpointAddress>>,
+        pub ports: Option<Vec<CoreEndpointPort>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct EndpointAddress {
+        #[serde(default, deserialize_with = "required")]
+        pub ip: String,
+        pub node_name: Option<String>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct CoreEndpointPort {
+        pub name: Option<String>,
+        pub protocol: Option<String>,
+        #[serde(default, deserialize_with = "required")]
+        pub port: i32,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct Node {
+        #[serde(default, deserialize_with = "meta")]
+        pub metadata: ObjectMeta,
+        pub status: Option<NodeStatus>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct NodeStatus {
+        pub addresses: Option<Vec<NodeAddress>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct NodeAddress {
+        #[serde(default, deserialize_with = "required")]
+        pub address: String,
+        #[serde(rename = "type", default, deserialize_with = "required")]
+        pub type_: String,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct ServiceCIDR {
+        #[serde(default, deserialize_with = "meta")]
+        pub metadata: ObjectMeta,
+        pub spec: Option<ServiceCIDRSpec>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct ServiceCIDRSpec {
+        pub cidrs: Option<Vec<String>>,
+    }
+
+    /// What `kube::Api` and the watcher need: the coordinates and scope of the k8s-openapi
+    /// type, and the metadata decoded above.
+    macro_rules! resource {
+        ($wire:ty, $k8s:ty) => {
+            impl kube::Resource for $wire {
+                type DynamicType = ();
+                type Scope = <$k8s as kube::Resource>::Scope;
+
+                fn kind(_: &()) -> Cow<'_, str> {
+                    <$k8s as kube::Resource>::kind(&())
+                }
+                fn group(_: &()) -> Cow<'_, str> {
+                    <$k8s as kube::Resource>::group(&())
+                }
+                fn version(_: &()) -> Cow<'_, str> {
+                    <$k8s as kube::Resource>::version(&())
+                }
+                fn plural(_: &()) -> Cow<'_, str> {
+                    <$k8s as kube::Resource>::plural(&())
+                }
+                fn meta(&self) -> &ObjectMeta {
+                    &self.metadata
+                }
+                fn meta_mut(&mut self) -> &mut ObjectMeta {
+                    &mut self.metadata
+                }
+            }
+        };
+    }
+
+    resource!(Service, core::Service);
+    resource!(EndpointSlice, discovery::EndpointSlice);
+    resource!(Endpoints, core::Endpoints);
+    resource!(Node, core::Node);
+    resource!(ServiceCIDR, networking::ServiceCIDR);
+}
 
 #[cfg(test)]
 mod tests {
@@ -756,6 +1026,63 @@ subsets:
             intern(&format!("interned-test-{i}"));
         }
         assert!(Arc::ptr_eq(&a, &intern("interned-test-a")));
+    }
+
+    /// The same object decoded as k8s-openapi (files) or as `api` (watchers) converts to
+    /// the same slim object, for every object of every golden scenario and of `FULL`.
+    #[test]
+    fn api_and_file_decoding_agree() {
+        use serde::de::DeserializeOwned;
+        use serde::Deserialize;
+        use serde_json::Value;
+
+        fn same<K, W, S>(v: &Value) -> bool
+        where
+            K: DeserializeOwned,
+            W: DeserializeOwned,
+            S: From<K> + From<W> + PartialEq + std::fmt::Debug,
+        {
+            let Ok(k) = serde_json::from_value::<K>(v.clone()) else {
+                return false; // the file path rejects it with a note; no watcher sees it
+            };
+            let w =
+                serde_json::from_value::<W>(v.clone()).expect("api decodes what k8s-openapi does");
+            assert_eq!(S::from(w), S::from(k), "{v}");
+            true
+        }
+        fn each(v: Value, compared: &mut usize) {
+            if let Some(items) = v.get("items").and_then(Value::as_array) {
+                for i in items {
+                    each(i.clone(), compared);
+                }
+                return;
+            }
+            let kind = v.get("kind").and_then(Value::as_str).unwrap_or("");
+            *compared += usize::from(match kind {
+                "Service" => same::<core::Service, api::Service, Service>(&v),
+                "EndpointSlice" => {
+                    same::<discovery::EndpointSlice, api::EndpointSlice, EndpointSlice>(&v)
+                }
+                "Endpoints" => same::<core::Endpoints, api::Endpoints, Endpoints>(&v),
+                "Node" => same::<core::Node, api::Node, Node>(&v),
+                "ServiceCIDR" => same::<networking::ServiceCIDR, api::ServiceCIDR, ServiceCidr>(&v),
+                _ => false,
+            });
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let mut texts = vec![FULL.to_string()];
+        for e in std::fs::read_dir(root).unwrap() {
+            if let Ok(t) = std::fs::read_to_string(e.unwrap().path().join("cluster.yaml")) {
+                texts.push(t);
+            }
+        }
+        let mut compared = 0;
+        for text in &texts {
+            for doc in serde_yaml::Deserializer::from_str(text) {
+                each(Value::deserialize(doc).unwrap(), &mut compared);
+            }
+        }
+        assert!(compared > 150, "only {compared} objects");
     }
 
     /// The size the objects are kept at: 100,000 endpoints at 10,000 Services.

@@ -2,17 +2,16 @@
 //! mark that something changed (`Changes`); the reconcile loop reads the stores when it
 //! syncs, so a sync never waits on the API server.
 //!
-//! Each watcher decodes the k8s-openapi type of its kind (a page of a list, or one watch
-//! event, at a time) and converts every object to the proxy's slim type (`objects`) before
-//! the reflector stores it: the stores hold only what the model reads.
+//! Each watcher decodes its kind's list pages and watch events into `objects::api` types
+//! (only the fields the proxy reads; the rest is skipped while decoding) and converts every
+//! object to the proxy's slim type (`objects`) before the reflector stores it: the stores
+//! hold only what the model reads.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
-use k8s_openapi::api::networking::v1 as networking;
 use kube::api::ListParams;
 use kube::runtime::reflector::{self, Lookup, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -21,7 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::input::ClusterObjects;
-use crate::objects::{EndpointSlice, Endpoints, Node, Service, ServiceCidr};
+use crate::objects::{api, EndpointSlice, Endpoints, Node, Service, ServiceCidr};
 
 /// kube-proxy's selectors: Services served by another proxy, and headless ones, are not ours.
 pub const PROXY_SELECTOR: &str =
@@ -228,34 +227,34 @@ pub async fn start(
         },
         "watching endpoints"
     );
-    let with_cidrs = served_api(Api::<networking::ServiceCIDR>::all(client.clone())).await;
+    let with_cidrs = served_api(Api::<api::ServiceCIDR>::all(client.clone())).await;
     let services = watch::<_, Service>(
-        Api::<core::Service>::all(client.clone()),
+        Api::<api::Service>::all(client.clone()),
         selected(),
         changes.clone(),
     );
     let endpoint_slices = use_slices.then(|| {
         watch::<_, EndpointSlice>(
-            Api::<discovery::EndpointSlice>::all(client.clone()),
+            Api::<api::EndpointSlice>::all(client.clone()),
             selected(),
             changes.clone(),
         )
     });
     let endpoints = (!use_slices).then(|| {
         watch::<_, Endpoints>(
-            Api::<core::Endpoints>::all(client.clone()),
+            Api::<api::Endpoints>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/headless"),
             changes.clone(),
         )
     });
     let nodes = watch::<_, Node>(
-        Api::<core::Node>::all(client.clone()),
+        Api::<api::Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         changes.clone(),
     );
     let service_cidrs = with_cidrs.then(|| {
         watch::<_, ServiceCidr>(
-            Api::<networking::ServiceCIDR>::all(client.clone()),
+            Api::<api::ServiceCIDR>::all(client.clone()),
             watcher::Config::default(),
             changes.clone(),
         )
