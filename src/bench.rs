@@ -269,7 +269,7 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
             let new_ip: IpAddr = format!("10.250.{}.{}", round / 250, round % 250 + 1)
                 .parse()
                 .map_err(|_| BenchError::Input("ip".into()))?;
-            ep.addresses = vec![new_ip.to_string()];
+            ep.address = Some(crate::objects::Address::Ip(new_ip));
         }
         objects.endpoint_slices[i] = std::sync::Arc::new(slice);
         let t = Instant::now();

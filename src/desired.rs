@@ -10,12 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
 use crate::input::{ClusterObjects, Skipped};
-use crate::model::{self, Model, ServicePort, SvcKey, LABEL_SERVICE_NAME};
+use crate::model::{self, Model, ServicePort, SvcKey};
+use crate::objects::{EndpointSlice, Endpoints, Meta, Object, Service};
 use crate::options::Options;
 use crate::ruleset::diff;
 use crate::ruleset::ir::{ElementData, Family, Ruleset, Set, Table, Value};
@@ -69,7 +66,7 @@ impl Inputs {
     /// Moves to `objects` and returns the keys of the Services whose inputs changed.
     fn advance(&mut self, objects: &ClusterObjects) -> BTreeSet<SvcKey> {
         let mut affected = BTreeSet::new();
-        let key = |m: &ObjectMeta| model::obj_key(m).map(|(a, b)| (a.to_string(), b.to_string()));
+        let key = |m: &Meta| model::obj_key(m).map(|(a, b)| (a.to_string(), b.to_string()));
         for (old, new) in changes(&self.services, &objects.services) {
             affected.extend(old.and_then(|o| key(&o.metadata)));
             affected.extend(new.and_then(|n| key(&n.metadata)));
@@ -121,11 +118,11 @@ impl Inputs {
 /// The Service an EndpointSlice belongs to, if the model uses it at all (the filter of
 /// `model::group_slices`).
 fn owner(s: &EndpointSlice) -> Option<SvcKey> {
-    if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+    if !matches!(&*s.address_type, "IPv4" | "IPv6") {
         return None;
     }
-    let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
-    Some((s.metadata.namespace.clone()?, svc.clone()))
+    let svc = s.service_name.as_deref()?;
+    Some((s.metadata.namespace.as_deref()?.into(), svc.into()))
 }
 
 /// An object before and after; `None` on the side where it does not exist.
@@ -134,10 +131,7 @@ type Change<T> = (Option<Arc<T>>, Option<Arc<T>>);
 /// The differences between two lists sorted by namespace and name: (old, new) pairs, one
 /// side `None` for an added or removed object. Equal pointers are skipped without looking
 /// at names, so an unchanged list costs one comparison per object.
-fn changes<T: k8s_openapi::Metadata<Ty = ObjectMeta>>(
-    old: &[Arc<T>],
-    new: &[Arc<T>],
-) -> Vec<Change<T>> {
+fn changes<T: Object>(old: &[Arc<T>], new: &[Arc<T>]) -> Vec<Change<T>> {
     use std::cmp::Ordering;
     let name = |o: &Arc<T>| {
         let m = o.metadata();
@@ -602,12 +596,7 @@ mod tests {
     fn with(o: &ClusterObjects, docs: &[Value]) -> ClusterObjects {
         let new = objects_of(docs);
         let mut out = o.clone();
-        fn merge<
-            T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
-        >(
-            into: &mut Vec<Arc<T>>,
-            from: &[Arc<T>],
-        ) {
+        fn merge<T: Object>(into: &mut Vec<Arc<T>>, from: &[Arc<T>]) {
             for n in from {
                 let key = |x: &T| (x.metadata().namespace.clone(), x.metadata().name.clone());
                 into.retain(|x| key(x) != key(n));

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::ServiceCIDR;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -12,15 +12,19 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::objects::{EndpointSlice, Endpoints, Meta, Node, Object, Service, ServiceCidr};
+
 /// The objects the proxy cares about. Everything else in the input is ignored. Objects are
-/// shared (`Arc`) so a snapshot of the agent's reflector stores costs no copies.
+/// shared (`Arc`) so a snapshot of the agent's reflector stores costs no copies. They are
+/// the proxy's own slim types (`objects`): files are decoded with k8s-openapi, which checks
+/// them, and converted.
 #[derive(Debug, Default, Clone)]
 pub struct ClusterObjects {
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub endpoints: Vec<Arc<Endpoints>>,
     pub nodes: Vec<Arc<Node>>,
-    pub service_cidrs: Vec<Arc<ServiceCIDR>>,
+    pub service_cidrs: Vec<Arc<ServiceCidr>>,
 }
 
 /// An object that was left out, and why. Printed one per line on stderr.
@@ -108,15 +112,25 @@ impl ClusterObjects {
         }
         let raw = doc.get();
         match (api, kind) {
-            ("v1", "Service") => decode_str(raw, "Service", &mut self.services, skipped),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                decode_str(raw, "EndpointSlice", &mut self.endpoint_slices, skipped)
+            ("v1", "Service") => {
+                decode_str::<core::Service, _>(raw, "Service", &mut self.services, skipped)
             }
-            ("v1", "Endpoints") => decode_str(raw, "Endpoints", &mut self.endpoints, skipped),
-            ("v1", "Node") => decode_str(raw, "Node", &mut self.nodes, skipped),
-            ("networking.k8s.io/v1", "ServiceCIDR") => {
-                decode_str(raw, "ServiceCIDR", &mut self.service_cidrs, skipped)
+            ("discovery.k8s.io/v1", "EndpointSlice") => decode_str::<discovery::EndpointSlice, _>(
+                raw,
+                "EndpointSlice",
+                &mut self.endpoint_slices,
+                skipped,
+            ),
+            ("v1", "Endpoints") => {
+                decode_str::<core::Endpoints, _>(raw, "Endpoints", &mut self.endpoints, skipped)
             }
+            ("v1", "Node") => decode_str::<core::Node, _>(raw, "Node", &mut self.nodes, skipped),
+            ("networking.k8s.io/v1", "ServiceCIDR") => decode_str::<networking::ServiceCIDR, _>(
+                raw,
+                "ServiceCIDR",
+                &mut self.service_cidrs,
+                skipped,
+            ),
             _ => tracing::debug!(%api, %kind, "ignoring object of a kind the proxy does not use"),
         }
     }
@@ -151,35 +165,44 @@ impl ClusterObjects {
         }
         let doc = Value::Object(map);
         match (api.as_str(), kind.as_str()) {
-            ("v1", "Service") => decode(doc, "Service", &mut self.services, skipped),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                decode(doc, "EndpointSlice", &mut self.endpoint_slices, skipped)
+            ("v1", "Service") => {
+                decode::<core::Service, _>(doc, "Service", &mut self.services, skipped)
             }
-            ("v1", "Endpoints") => decode(doc, "Endpoints", &mut self.endpoints, skipped),
-            ("v1", "Node") => decode(doc, "Node", &mut self.nodes, skipped),
-            ("networking.k8s.io/v1", "ServiceCIDR") => {
-                decode(doc, "ServiceCIDR", &mut self.service_cidrs, skipped)
+            ("discovery.k8s.io/v1", "EndpointSlice") => decode::<discovery::EndpointSlice, _>(
+                doc,
+                "EndpointSlice",
+                &mut self.endpoint_slices,
+                skipped,
+            ),
+            ("v1", "Endpoints") => {
+                decode::<core::Endpoints, _>(doc, "Endpoints", &mut self.endpoints, skipped)
             }
+            ("v1", "Node") => decode::<core::Node, _>(doc, "Node", &mut self.nodes, skipped),
+            ("networking.k8s.io/v1", "ServiceCIDR") => decode::<networking::ServiceCIDR, _>(
+                doc,
+                "ServiceCIDR",
+                &mut self.service_cidrs,
+                skipped,
+            ),
             _ => tracing::debug!(%api, %kind, "ignoring object of a kind the proxy does not use"),
         }
     }
 
     /// Puts every list in a canonical order so that input order never changes the output.
     pub fn sort(&mut self) {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
         // Borrowed keys: sorting must not allocate per comparison (20k objects per sync).
-        fn by_key<T>(v: &mut [Arc<T>], meta: impl Fn(&T) -> &ObjectMeta) {
+        fn by_key<T: Object>(v: &mut [Arc<T>]) {
             v.sort_by(|a, b| {
-                let (a, b) = (meta(a), meta(b));
+                let (a, b): (&Meta, &Meta) = (a.metadata(), b.metadata());
                 (a.namespace.as_deref(), a.name.as_deref())
                     .cmp(&(b.namespace.as_deref(), b.name.as_deref()))
             });
         }
-        by_key(&mut self.services, |o| &o.metadata);
-        by_key(&mut self.endpoint_slices, |o| &o.metadata);
-        by_key(&mut self.endpoints, |o| &o.metadata);
-        by_key(&mut self.nodes, |o| &o.metadata);
-        by_key(&mut self.service_cidrs, |o| &o.metadata);
+        by_key(&mut self.services);
+        by_key(&mut self.endpoint_slices);
+        by_key(&mut self.endpoints);
+        by_key(&mut self.nodes);
+        by_key(&mut self.service_cidrs);
     }
 }
 
@@ -195,14 +218,15 @@ pub fn describe(kind: &str, v: &Value) -> String {
     }
 }
 
-fn decode_str<T: DeserializeOwned>(
+/// Decodes `raw` as the k8s-openapi type `T` and keeps it as the slim `S`.
+fn decode_str<T: DeserializeOwned, S: From<T>>(
     raw: &str,
     kind: &str,
-    into: &mut Vec<Arc<T>>,
+    into: &mut Vec<Arc<S>>,
     skipped: &mut Vec<Skipped>,
 ) {
     match serde_json::from_str::<T>(raw) {
-        Ok(o) => into.push(Arc::new(o)),
+        Ok(o) => into.push(Arc::new(S::from(o))),
         Err(e) => {
             let object = serde_json::from_str::<Value>(raw)
                 .map(|v| describe(kind, &v))
@@ -215,15 +239,15 @@ fn decode_str<T: DeserializeOwned>(
     }
 }
 
-fn decode<T: DeserializeOwned>(
+fn decode<T: DeserializeOwned, S: From<T>>(
     doc: Value,
     kind: &str,
-    into: &mut Vec<Arc<T>>,
+    into: &mut Vec<Arc<S>>,
     skipped: &mut Vec<Skipped>,
 ) {
     let object = describe(kind, &doc);
     match serde_json::from_value::<T>(doc) {
-        Ok(o) => into.push(Arc::new(o)),
+        Ok(o) => into.push(Arc::new(S::from(o))),
         Err(e) => skipped.push(Skipped {
             object,
             reason: format!("does not decode: {e}"),

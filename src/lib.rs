@@ -12,6 +12,7 @@ pub mod desired;
 pub mod input;
 pub mod model;
 pub mod nft;
+pub mod objects;
 pub mod options;
 pub mod reconcile;
 pub mod render;

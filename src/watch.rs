@@ -1,28 +1,27 @@
 //! The API edge: kube-rs watchers and reflectors for every kind the proxy uses. Events only
 //! mark that something changed (`Changes`); the reconcile loop reads the stores when it
 //! syncs, so a sync never waits on the API server.
+//!
+//! Each watcher decodes its kind's list pages and watch events into `objects::api` types
+//! (only the fields the proxy reads; the rest is skipped while decoding) and converts every
+//! object to the proxy's slim type (`objects`) before the reflector stores it: the stores
+//! hold only what the model reads.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort as CoreEndpointPort, EndpointSubset, Endpoints,
-    LoadBalancerIngress, LoadBalancerStatus, Node, NodeStatus, Service, ServicePort, ServiceSpec,
-    ServiceStatus,
-};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointHints, EndpointPort, EndpointSlice};
-use k8s_openapi::api::networking::v1::ServiceCIDR;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::discovery::v1 as discovery;
 use kube::api::ListParams;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::input::ClusterObjects;
+use crate::objects::{api, EndpointSlice, Endpoints, Node, Object, Service, ServiceCidr};
 
 /// kube-proxy's selectors: Services served by another proxy, and headless ones, are not ours.
 pub const PROXY_SELECTOR: &str =
@@ -129,7 +128,7 @@ pub struct Stores {
     pub endpoint_slices: Option<Store<EndpointSlice>>,
     pub endpoints: Option<Store<Endpoints>>,
     pub nodes: Store<Node>,
-    pub service_cidrs: Option<Store<ServiceCIDR>>,
+    pub service_cidrs: Option<Store<ServiceCidr>>,
 }
 
 impl Stores {
@@ -248,17 +247,16 @@ where
 /// is sorted as `ClusterObjects::sort` sorts.
 fn patch<K>(store: &Store<K>, list: &mut Vec<Arc<K>>, namespace: Option<&str>, name: &str)
 where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K: Lookup<DynamicType = ()> + Object + Clone + 'static,
 {
-    let mut r = ObjectRef::<K>::new_with(name, Default::default());
+    let mut r = ObjectRef::<K>::new_with(name, ());
     if let Some(ns) = namespace {
         r = r.within(ns);
     }
     let now = store.get(&r);
     let key = (namespace, Some(name));
     let at = list.binary_search_by(|o| {
-        let m = o.meta();
+        let m = o.metadata();
         (m.namespace.as_deref(), m.name.as_deref()).cmp(&key)
     });
     match (at, now) {
@@ -271,16 +269,19 @@ where
     }
 }
 
-fn watch<K>(api: Api<K>, config: watcher::Config, changes: Arc<Changes>) -> Store<K>
+/// Watches kind `K` and stores its objects converted to `S`.
+fn watch<K, S>(api: Api<K>, config: watcher::Config, changes: Arc<Changes>) -> Store<S>
 where
-    K: Slim + Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+    S: From<K> + Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    // Fields the proxy never reads can be most of an object's size on a real server.
-    let slim = |o: &mut K| o.slim();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(slim));
+    let stream = watcher(api, config)
+        .default_backoff()
+        .map_ok(|ev| slim(ev, S::from));
+    let stream = reflector::reflector(writer, stream);
     tokio::spawn(async move {
         stream
             .for_each(|ev| {
@@ -289,9 +290,8 @@ where
                     // A relist replaced the store wholesale.
                     Ok(watcher::Event::InitDone) => changes.mark(),
                     Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::Delete(o)) => {
-                        let m = o.meta();
-                        let name = m.name.as_deref().unwrap_or_default();
-                        changes.mark_object(&kind, m.namespace.as_deref(), name)
+                        let name = o.name().unwrap_or_default();
+                        changes.mark_object(&kind, o.namespace().as_deref(), &name)
                     }
                     Err(e) => {
                         tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff")
@@ -304,166 +304,16 @@ where
     reader
 }
 
-/// Strips a watched object down to what the proxy reads, before the reflector stores it.
-///
-/// Each kind keeps a whitelist: the fields `model::build`, `model::endpoints` and `desired`
-/// read (and the name, namespace and resourceVersion the reflector needs); everything else
-/// (managedFields, annotations, ownerReferences, uid, selectors, targetRefs, the Node's spec
-/// and most of its status...) is dropped. A field the model starts reading must be added
-/// here; `tests::slim_objects_render_the_same_rules` renders every golden scenario with and
-/// without slimming and requires the same rules and notes.
-pub trait Slim {
-    fn slim(&mut self);
-}
-
-/// Labels under `kubernetes.io/` and `*.kubernetes.io/` (the proxy reads
-/// `service.kubernetes.io/service-proxy-name`, `service.kubernetes.io/headless`,
-/// `kubernetes.io/service-name` and `topology.kubernetes.io/zone`); application labels are
-/// dropped.
-fn well_known_label(key: &str) -> bool {
-    key.split_once('/')
-        .is_some_and(|(prefix, _)| prefix == "kubernetes.io" || prefix.ends_with(".kubernetes.io"))
-}
-
-fn slim_meta(md: &mut ObjectMeta) {
-    let labels = md.labels.take().and_then(|l| {
-        let kept: BTreeMap<String, String> =
-            l.into_iter().filter(|(k, _)| well_known_label(k)).collect();
-        (!kept.is_empty()).then_some(kept)
-    });
-    *md = ObjectMeta {
-        name: md.name.take(),
-        namespace: md.namespace.take(),
-        resource_version: md.resource_version.take(),
-        labels,
-        ..ObjectMeta::default()
-    };
-}
-
-impl Slim for Service {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata);
-        self.spec = self.spec.take().map(|s| ServiceSpec {
-            type_: s.type_,
-            cluster_ip: s.cluster_ip,
-            cluster_ips: s.cluster_ips,
-            external_ips: s.external_ips,
-            load_balancer_source_ranges: s.load_balancer_source_ranges,
-            session_affinity: s.session_affinity,
-            session_affinity_config: s.session_affinity_config,
-            external_traffic_policy: s.external_traffic_policy,
-            internal_traffic_policy: s.internal_traffic_policy,
-            ports: s.ports.map(|ps| {
-                ps.into_iter()
-                    .map(|p| ServicePort {
-                        name: p.name,
-                        protocol: p.protocol,
-                        port: p.port,
-                        node_port: p.node_port,
-                        ..ServicePort::default()
-                    })
-                    .collect()
-            }),
-            ..ServiceSpec::default()
-        });
-        self.status = self.status.take().map(|s| ServiceStatus {
-            load_balancer: s.load_balancer.map(|lb| LoadBalancerStatus {
-                ingress: lb.ingress.map(|v| {
-                    v.into_iter()
-                        .map(|i| LoadBalancerIngress {
-                            ip: i.ip,
-                            ip_mode: i.ip_mode,
-                            ..LoadBalancerIngress::default()
-                        })
-                        .collect()
-                }),
-            }),
-            ..ServiceStatus::default()
-        });
-    }
-}
-
-impl Slim for EndpointSlice {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata);
-        self.ports = self.ports.take().map(|ps| {
-            ps.into_iter()
-                .map(|p| EndpointPort {
-                    name: p.name,
-                    protocol: p.protocol,
-                    port: p.port,
-                    ..EndpointPort::default()
-                })
-                .collect()
-        });
-        self.endpoints = std::mem::take(&mut self.endpoints)
-            .into_iter()
-            .map(|e| Endpoint {
-                // Only the first address is used (they are fungible, as upstream assumes).
-                addresses: e.addresses.into_iter().take(1).collect(),
-                conditions: e.conditions,
-                node_name: e.node_name,
-                hints: e.hints.and_then(|h| h.for_zones).map(|z| EndpointHints {
-                    for_zones: Some(z),
-                    ..EndpointHints::default()
-                }),
-                ..Endpoint::default()
-            })
-            .collect();
-    }
-}
-
-impl Slim for Endpoints {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata);
-        let addresses = |v: Option<Vec<EndpointAddress>>| {
-            v.map(|v| {
-                v.into_iter()
-                    .map(|a| EndpointAddress {
-                        ip: a.ip,
-                        node_name: a.node_name,
-                        ..EndpointAddress::default()
-                    })
-                    .collect()
-            })
-        };
-        self.subsets = self.subsets.take().map(|subsets| {
-            subsets
-                .into_iter()
-                .map(|s| EndpointSubset {
-                    addresses: addresses(s.addresses),
-                    not_ready_addresses: addresses(s.not_ready_addresses),
-                    ports: s.ports.map(|ps| {
-                        ps.into_iter()
-                            .map(|p| CoreEndpointPort {
-                                name: p.name,
-                                protocol: p.protocol,
-                                port: p.port,
-                                ..CoreEndpointPort::default()
-                            })
-                            .collect()
-                    }),
-                })
-                .collect()
-        });
-    }
-}
-
-impl Slim for Node {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata);
-        self.spec = None;
-        self.status = self.status.take().map(|s| NodeStatus {
-            addresses: s.addresses,
-            ..NodeStatus::default()
-        });
-    }
-}
-
-impl Slim for ServiceCIDR {
-    fn slim(&mut self) {
-        slim_meta(&mut self.metadata);
-        self.status = None;
+/// The event with its object converted (a delete carries the last state of the object,
+/// converted the same way: the store finds it by name and namespace).
+fn slim<K, S>(ev: watcher::Event<K>, f: impl Fn(K) -> S) -> watcher::Event<S> {
+    use watcher::Event;
+    match ev {
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(f(o)),
+        Event::InitDone => Event::InitDone,
     }
 }
 
@@ -478,7 +328,7 @@ pub async fn start(
     let use_slices = match endpoints_api {
         EndpointsApi::Endpointslices => true,
         EndpointsApi::Endpoints => false,
-        EndpointsApi::Auto => served::<EndpointSlice>(client).await,
+        EndpointsApi::Auto => served::<discovery::EndpointSlice>(client).await,
     };
     tracing::info!(
         api = if use_slices {
@@ -488,34 +338,34 @@ pub async fn start(
         },
         "watching endpoints"
     );
-    let with_cidrs = served_api(Api::<ServiceCIDR>::all(client.clone())).await;
-    let services = watch(
-        Api::<Service>::all(client.clone()),
+    let with_cidrs = served_api(Api::<api::ServiceCIDR>::all(client.clone())).await;
+    let services = watch::<_, Service>(
+        Api::<api::Service>::all(client.clone()),
         selected(),
         changes.clone(),
     );
     let endpoint_slices = use_slices.then(|| {
-        watch(
-            Api::<EndpointSlice>::all(client.clone()),
+        watch::<_, EndpointSlice>(
+            Api::<api::EndpointSlice>::all(client.clone()),
             selected(),
             changes.clone(),
         )
     });
     let endpoints = (!use_slices).then(|| {
-        watch(
-            Api::<Endpoints>::all(client.clone()),
+        watch::<_, Endpoints>(
+            Api::<api::Endpoints>::all(client.clone()),
             watcher::Config::default().labels("!service.kubernetes.io/headless"),
             changes.clone(),
         )
     });
-    let nodes = watch(
-        Api::<Node>::all(client.clone()),
+    let nodes = watch::<_, Node>(
+        Api::<api::Node>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         changes.clone(),
     );
     let service_cidrs = with_cidrs.then(|| {
-        watch(
-            Api::<ServiceCIDR>::all(client.clone()),
+        watch::<_, ServiceCidr>(
+            Api::<api::ServiceCIDR>::all(client.clone()),
             watcher::Config::default(),
             changes.clone(),
         )
@@ -531,278 +381,15 @@ pub async fn start(
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
-    use clap::Parser;
-
     use super::*;
-    use crate::nft::text;
-    use crate::options::Options;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: crate::config::RenderArgs,
-    }
-
-    fn slimmed<K: Slim + Clone>(v: &[Arc<K>]) -> Vec<Arc<K>> {
-        v.iter()
-            .map(|o| {
-                let mut o = K::clone(o);
-                o.slim();
-                Arc::new(o)
-            })
-            .collect()
-    }
-
-    fn slim_all(o: &ClusterObjects) -> ClusterObjects {
-        ClusterObjects {
-            services: slimmed(&o.services),
-            endpoint_slices: slimmed(&o.endpoint_slices),
-            endpoints: slimmed(&o.endpoints),
-            nodes: slimmed(&o.nodes),
-            service_cidrs: slimmed(&o.service_cidrs),
-        }
-    }
-
-    /// The script and the notes: slimming must change neither.
-    fn render(o: &ClusterObjects, opts: &Options) -> (String, Vec<String>) {
-        let (rs, notes) = crate::render::ruleset(o, opts);
-        (
-            text::script(&rs),
-            notes.iter().map(ToString::to_string).collect(),
-        )
-    }
-
-    fn read(name: &str, text: &str) -> ClusterObjects {
-        crate::render::read_sources([(name, text)], &mut Vec::new()).expect("input reads")
-    }
-
-    #[test]
-    fn slim_objects_render_the_same_rules() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-            .expect("testdata exists")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("cluster.yaml").is_file())
-            .collect();
-        dirs.sort();
-        let mut compared = 0;
-        for dir in &dirs {
-            let args = std::fs::read_to_string(dir.join("args")).unwrap_or_default();
-            let Ok(cli) = Cli::try_parse_from(
-                std::iter::once("render")
-                    .chain(args.lines().map(str::trim).filter(|l| !l.is_empty())),
-            ) else {
-                continue;
-            };
-            let Ok(opts) = crate::config::resolve(&cli.args) else {
-                continue;
-            };
-            let text = std::fs::read_to_string(dir.join("cluster.yaml")).unwrap();
-            let objects = read("cluster.yaml", &text);
-            assert_eq!(
-                render(&slim_all(&objects), &opts),
-                render(&objects, &opts),
-                "{}",
-                dir.display()
-            );
-            compared += 1;
-        }
-        assert!(compared > 20, "only {compared} of {} scenarios", dirs.len());
-    }
-
-    /// Everything a real server adds, on every kind, and every field the model reads.
-    const FULL: &str = r#"
-apiVersion: v1
-kind: Node
-metadata:
-  name: node-a
-  uid: 0c3e5f1a-1111-2222-3333-444455556666
-  resourceVersion: "17"
-  creationTimestamp: "2026-01-01T00:00:00Z"
-  labels: {topology.kubernetes.io/zone: z1, kubernetes.io/hostname: node-a, team: x}
-  annotations: {node.alpha.kubernetes.io/ttl: "0", kubectl.kubernetes.io/last-applied-configuration: "{}"}
-  managedFields: [{manager: kubelet, operation: Update, apiVersion: v1}]
-spec: {podCIDR: 10.244.0.0/24, podCIDRs: [10.244.0.0/24], providerID: "kind://x"}
-status:
-  addresses: [{type: Hostname, address: node-a}, {type: ExternalIP, address: 203.0.113.9}, {type: InternalIP, address: 192.168.0.10}]
-  conditions: [{type: Ready, status: "True"}]
-  images: [{names: ["registry.k8s.io/pause:3.10"], sizeBytes: 320000}]
-  nodeInfo: {machineID: m, systemUUID: s, bootID: b, kernelVersion: "6.1", osImage: Debian, containerRuntimeVersion: "containerd://2", kubeletVersion: v1.35.0, kubeProxyVersion: "", operatingSystem: linux, architecture: amd64}
-  capacity: {cpu: "2"}
----
-apiVersion: networking.k8s.io/v1
-kind: ServiceCIDR
-metadata: {name: kubernetes, uid: u1, generation: 1}
-spec: {cidrs: [10.96.0.0/16]}
-status: {conditions: [{type: Ready, status: "True", lastTransitionTime: "2026-01-01T00:00:00Z", reason: r, message: m}]}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: default
-  uid: 8b2c1d6e-aaaa-bbbb-cccc-ddddeeeeffff
-  resourceVersion: "42"
-  generation: 3
-  creationTimestamp: "2026-01-01T00:00:00Z"
-  labels: {app: web, service.kubernetes.io/topology-mode: auto}
-  annotations: {kubectl.kubernetes.io/last-applied-configuration: "{}", example.com/owner: team}
-  ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: u2}]
-  finalizers: [service.kubernetes.io/load-balancer-cleanup]
-spec:
-  type: LoadBalancer
-  selector: {app: web}
-  clusterIP: 10.96.0.20
-  clusterIPs: [10.96.0.20]
-  ipFamilies: [IPv4]
-  ipFamilyPolicy: SingleStack
-  externalIPs: [198.51.100.7]
-  loadBalancerSourceRanges: [203.0.113.0/24]
-  externalTrafficPolicy: Local
-  internalTrafficPolicy: Cluster
-  healthCheckNodePort: 31999
-  sessionAffinity: ClientIP
-  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
-  allocateLoadBalancerNodePorts: true
-  ports:
-  - {name: http, port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP, appProtocol: http}
-  - {name: dns, port: 53, targetPort: dns, nodePort: 30053, protocol: UDP}
-status:
-  loadBalancer:
-    ingress:
-    - {ip: 192.0.2.10, ipMode: VIP, hostname: lb.example.com, ports: [{port: 80, protocol: TCP}]}
-    - {ip: 192.0.2.11, ipMode: Proxy}
-  conditions: [{type: x, status: "True", lastTransitionTime: "2026-01-01T00:00:00Z", reason: r, message: m}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abcde
-  namespace: default
-  uid: u3
-  resourceVersion: "43"
-  generation: 5
-  labels: {kubernetes.io/service-name: web, endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io, app: web}
-  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "2026-01-01T00:00:00Z"}
-  ownerReferences: [{apiVersion: v1, kind: Service, name: web, uid: u4, controller: true, blockOwnerDeletion: true}]
-addressType: IPv4
-ports:
-- {name: http, port: 8080, protocol: TCP, appProtocol: http}
-- {name: dns, port: 5353, protocol: UDP}
-endpoints:
-- addresses: [10.244.0.5, 10.244.0.55]
-  conditions: {ready: true, serving: true, terminating: false}
-  nodeName: node-a
-  zone: z1
-  hostname: web-0
-  hints: {forZones: [{name: z1}], forNodes: [{name: node-a}]}
-  targetRef: {kind: Pod, namespace: default, name: web-0, uid: u5}
-  deprecatedTopology: {kubernetes.io/hostname: node-a}
-- addresses: [10.244.1.6]
-  conditions: {ready: false, serving: true, terminating: true}
-  nodeName: node-b
-  zone: z2
-  hints: {forZones: [{name: z2}]}
-  targetRef: {kind: Pod, namespace: default, name: web-1, uid: u6}
-- addresses: [10.244.1.7]
-  conditions: {ready: true}
-  nodeName: node-b
-  zone: z1
-  hints: {forZones: [{name: z1}]}
-  targetRef: {kind: Pod, namespace: default, name: web-2, uid: u7}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: legacy
-  namespace: default
-  uid: u8
-  labels: {app: legacy}
-spec:
-  type: NodePort
-  selector: {app: legacy}
-  clusterIP: 10.96.0.30
-  internalTrafficPolicy: Local
-  ports: [{name: tcp, port: 81, targetPort: 9090, nodePort: 30081, protocol: TCP}]
----
-apiVersion: v1
-kind: Endpoints
-metadata:
-  name: legacy
-  namespace: default
-  uid: u9
-  labels: {app: legacy}
-  annotations: {endpoints.kubernetes.io/last-change-trigger-time: "2026-01-01T00:00:00Z"}
-subsets:
-- addresses:
-  - {ip: 10.244.0.8, nodeName: node-a, hostname: l-0, targetRef: {kind: Pod, name: l-0, namespace: default}}
-  notReadyAddresses:
-  - {ip: 10.244.1.9, nodeName: node-b, targetRef: {kind: Pod, name: l-1, namespace: default}}
-  ports: [{name: tcp, port: 9090, protocol: TCP, appProtocol: tcp}]
-"#;
-
-    #[test]
-    fn slimming_drops_what_the_model_never_reads_and_keeps_its_rules() {
-        let objects = read("full.yaml", FULL);
-        assert_eq!(objects.services.len(), 2);
-        assert_eq!(objects.endpoint_slices.len(), 1);
-        assert_eq!(objects.endpoints.len(), 1);
-        let slim = slim_all(&objects);
-        for (cluster_cidrs, hostname) in [(vec![], "node-a"), (vec!["10.244.0.0/16"], "node-b")] {
-            let opts = Options {
-                hostname: hostname.into(),
-                cluster_cidrs: cluster_cidrs.iter().map(|c| c.parse().unwrap()).collect(),
-                ..Options::default()
-            };
-            let (script, notes) = render(&objects, &opts);
-            assert!(script.contains("10.244.0.5"), "{script}");
-            assert!(script.contains("192.0.2.10"), "{script}");
-            assert_eq!(render(&slim, &opts), (script, notes));
-        }
-        // What is gone.
-        let svc = &slim
-            .services
-            .iter()
-            .find(|s| s.metadata.name.as_deref() == Some("web"));
-        let svc = svc.unwrap();
-        assert_eq!(svc.metadata.uid, None);
-        assert_eq!(svc.metadata.annotations, None);
-        assert_eq!(svc.metadata.owner_references, None);
-        assert_eq!(svc.metadata.resource_version.as_deref(), Some("42"));
-        assert_eq!(
-            svc.metadata.labels.as_ref().map(|l| l.len()),
-            Some(1),
-            "only service.kubernetes.io/topology-mode is left"
-        );
-        let spec = svc.spec.as_ref().unwrap();
-        assert_eq!(spec.selector, None);
-        assert!(spec.ports.iter().flatten().all(|p| p.target_port.is_none()));
-        let slice = &slim.endpoint_slices[0];
-        assert!(slice
-            .endpoints
-            .iter()
-            .all(|e| e.target_ref.is_none() && e.deprecated_topology.is_none()));
-        assert_eq!(slice.endpoints[0].addresses.len(), 1);
-        let node = &slim.nodes[0];
-        assert_eq!(node.spec, None);
-        let status = node.status.as_ref().unwrap();
-        assert!(status.images.is_none() && status.node_info.is_none());
-        assert_eq!(status.addresses.as_ref().map(Vec::len), Some(3));
-        assert!(slim.endpoints[0].subsets.iter().flatten().all(|s| s
-            .addresses
-            .iter()
-            .flatten()
-            .all(|a| a.target_ref.is_none())));
-    }
 
     fn svc(ns: &str, name: &str, ip: &str) -> Service {
-        serde_json::from_value(serde_json::json!({
+        let k: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": ns, "name": name},
             "spec": {"clusterIP": ip}
         }))
-        .unwrap()
+        .unwrap();
+        Service::from(k)
     }
 
     fn same<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
@@ -841,7 +428,7 @@ subsets:
         let patched = objects.clone().unwrap();
         assert!(same(&patched.services, &stores.snapshot().services));
         let names: Vec<_> = (patched.services.iter())
-            .map(|s| s.metadata.name.clone().unwrap())
+            .map(|s| s.metadata.name.as_deref().unwrap().to_string())
             .collect();
         assert_eq!(names, ["s0", "s1", "s2", "s9"]);
         // untouched objects are the very same Arcs, so `Desired` sees them as unchanged

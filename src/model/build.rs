@@ -6,17 +6,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{Endpoint, Family, Model, Proto, ServicePort};
 use crate::input::{ClusterObjects, Skipped};
+use crate::objects::{Address, EndpointSlice, Endpoints, Meta, Node, Service, ServiceType};
 use crate::options::{NodePortAddresses, Options};
 
-const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
-pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
-const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+pub use crate::objects::LABEL_SERVICE_NAME;
 const DEFAULT_AFFINITY_TIMEOUT: i32 = 10800;
 
 pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) {
@@ -82,10 +78,7 @@ pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Skipped
     } else {
         opts.node_ips.clone()
     };
-    let node_zone = node
-        .and_then(|n| n.metadata.labels.as_ref())
-        .and_then(|l| l.get(LABEL_ZONE))
-        .cloned();
+    let node_zone = node.and_then(|n| n.zone.as_deref()).map(String::from);
     let service_cidrs = if opts.service_cidrs.is_empty() {
         service_cidrs_from_objects(objects, notes)
     } else {
@@ -192,30 +185,21 @@ fn net_family(n: &IpNet) -> Family {
 }
 
 /// The namespace and name of an object, borrowed.
-pub fn obj_key(
-    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<ObjKey<'_>> {
+pub fn obj_key(m: &Meta) -> Option<ObjKey<'_>> {
     Some((m.namespace.as_deref()?, m.name.as_deref()?))
 }
 
-fn object_key(
-    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<(String, String)> {
-    Some((m.namespace.clone()?, m.name.clone()?))
+fn object_key(m: &Meta) -> Option<(String, String)> {
+    let (ns, name) = obj_key(m)?;
+    Some((ns.to_string(), name.to_string()))
 }
 
 /// InternalIPs first (kube-proxy's choice), ExternalIPs only when there is none.
 fn node_addresses(n: &Node) -> Vec<IpAddr> {
-    let addrs = n
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .cloned()
-        .unwrap_or_default();
     let pick = |t: &str| -> Vec<IpAddr> {
-        addrs
+        n.addresses
             .iter()
-            .filter(|a| a.type_ == t)
+            .filter(|a| &*a.type_ == t)
             .filter_map(|a| a.address.trim().parse().ok())
             .collect()
     };
@@ -230,13 +214,7 @@ fn node_addresses(n: &Node) -> Vec<IpAddr> {
 fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Skipped>) -> Vec<IpNet> {
     let mut out = Vec::new();
     for sc in &o.service_cidrs {
-        for c in sc
-            .spec
-            .as_ref()
-            .and_then(|s| s.cidrs.as_ref())
-            .into_iter()
-            .flatten()
-        {
+        for c in &sc.cidrs {
             match parse_cidr(c) {
                 Some(n) => out.push(n),
                 None => notes.push(skip(
@@ -282,16 +260,13 @@ fn service_ports(
     notes: &mut Vec<Skipped>,
     what: &str,
 ) -> Option<Vec<ServicePort>> {
-    let md = &svc.metadata;
-    let (ns, name) = (md.namespace.clone()?, md.name.clone()?);
-    if let Some(labels) = &md.labels {
-        if labels.contains_key(LABEL_PROXY_NAME) {
-            tracing::debug!(service = what, "served by another proxy");
-            return None;
-        }
-        if labels.contains_key(LABEL_HEADLESS) {
-            return None;
-        }
+    let (ns, name) = object_key(&svc.metadata)?;
+    if svc.other_proxy {
+        tracing::debug!(service = what, "served by another proxy");
+        return None;
+    }
+    if svc.headless_label {
+        return None;
     }
     if !valid_dns_label(&ns) || !valid_dns_label(&name) {
         notes.push(skip(
@@ -301,19 +276,19 @@ fn service_ports(
         return None;
     }
     let spec = svc.spec.as_ref()?;
-    if spec.type_.as_deref() == Some("ExternalName") {
+    if spec.type_ == ServiceType::ExternalName {
         return None;
     }
-    let raw_ips: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
-        (Some(ips), _) if !ips.is_empty() => ips.clone(),
-        (_, Some(ip)) => vec![ip.clone()],
-        _ => vec![],
+    let raw_ips: &[Box<str>] = match &spec.cluster_ip {
+        _ if !spec.cluster_ips.is_empty() => &spec.cluster_ips,
+        Some(ip) => std::slice::from_ref(ip),
+        None => &[],
     };
-    if raw_ips.is_empty() || raw_ips.iter().any(|s| s == "None" || s.is_empty()) {
+    if raw_ips.is_empty() || raw_ips.iter().any(|s| &**s == "None" || s.is_empty()) {
         return None; // headless
     }
     let mut cluster_ips = Vec::new();
-    for s in &raw_ips {
+    for s in raw_ips {
         match s.trim().parse::<IpAddr>() {
             Ok(ip) if !families.contains(&Family::of(&ip)) => notes.push(skip(
                 what,
@@ -330,7 +305,7 @@ fn service_ports(
     if cluster_ips.is_empty() {
         return None;
     }
-    let ips_of = |list: &[String], field: &str, notes: &mut Vec<Skipped>| -> Vec<IpAddr> {
+    let ips_of = |list: &[Box<str>], field: &str, notes: &mut Vec<Skipped>| -> Vec<IpAddr> {
         let mut out = Vec::new();
         for s in list {
             match s.trim().parse::<IpAddr>() {
@@ -343,29 +318,18 @@ fn service_ports(
         out.dedup();
         out
     };
-    let external_ips = ips_of(
-        spec.external_ips.as_deref().unwrap_or(&[]),
-        "externalIP",
-        notes,
-    );
-    let is_lb = spec.type_.as_deref() == Some("LoadBalancer");
-    let lb_raw: Vec<String> = if is_lb {
-        svc.status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            // Proxy-mode load balancers deliver to the node, not to the VIP.
-            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-            .filter_map(|i| i.ip.clone())
-            .collect()
+    let external_ips = ips_of(&spec.external_ips, "externalIP", notes);
+    let is_lb = spec.type_ == ServiceType::LoadBalancer;
+    // Proxy-mode load balancers deliver to the node, not to the VIP: the objects keep only
+    // the others.
+    let lb_raw: &[Box<str>] = if is_lb {
+        &svc.load_balancer_ingress_ips
     } else {
-        vec![]
+        &[]
     };
-    let load_balancer_ips = ips_of(&lb_raw, "load balancer ingress IP", notes);
+    let load_balancer_ips = ips_of(lb_raw, "load balancer ingress IP", notes);
     let mut load_balancer_source_ranges = Vec::new();
-    for r in spec.load_balancer_source_ranges.iter().flatten() {
+    for r in &spec.load_balancer_source_ranges {
         match parse_cidr(r) {
             Some(n) if families.contains(&net_family(&n)) => load_balancer_source_ranges.push(n),
             Some(_) => {}
@@ -377,13 +341,8 @@ fn service_ports(
     }
     load_balancer_source_ranges.sort();
     load_balancer_source_ranges.dedup();
-    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
-        let t = spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+    let affinity_timeout = if spec.client_ip_affinity {
+        let t = spec.affinity_timeout.unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
         if (1..=86400).contains(&t) {
             Some(t as u32)
         } else {
@@ -397,18 +356,18 @@ fn service_ports(
         None
     };
     let node_port_type = matches!(
-        spec.type_.as_deref(),
-        Some("NodePort") | Some("LoadBalancer")
+        spec.type_,
+        ServiceType::NodePort | ServiceType::LoadBalancer
     );
     let mut out: Vec<ServicePort> = Vec::new();
-    for p in spec.ports.iter().flatten() {
-        let port_name = p.name.clone().unwrap_or_default();
+    for p in &spec.ports {
+        let port_name = p.name.to_string();
         let pwhat = format!("{what} port {:?}", port_name);
         if !valid_port_name(&port_name) {
             notes.push(skip(&pwhat, "invalid port name"));
             continue;
         }
-        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+        let protocol = match p.protocol.as_str() {
             "TCP" => Proto::Tcp,
             "UDP" => Proto::Udp,
             "SCTP" => Proto::Sctp,
@@ -462,8 +421,8 @@ fn service_ports(
             external_ips: external_ips.clone(),
             load_balancer_ips: load_balancer_ips.clone(),
             load_balancer_source_ranges: load_balancer_source_ranges.clone(),
-            external_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-            internal_policy_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_policy_local: spec.external_policy_local,
+            internal_policy_local: spec.internal_policy_local,
             affinity_timeout,
             endpoints: vec![],
         });
@@ -501,17 +460,12 @@ pub fn group_slices<'a>(
                 s.metadata.name.as_deref().unwrap_or("")
             )
         };
-        if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+        if !matches!(&*s.address_type, "IPv4" | "IPv6") {
             tracing::debug!(slice = what(), "ignoring addressType {}", s.address_type);
             continue;
         }
-        let svc = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_SERVICE_NAME));
-        match (&s.metadata.namespace, svc) {
-            (Some(ns), Some(svc)) => out.entry((ns.as_str(), svc.as_str())).or_default().push(s),
+        match (&s.metadata.namespace, &s.service_name) {
+            (Some(ns), Some(svc)) => out.entry((&**ns, &**svc)).or_default().push(s),
             _ => notes.push(skip(&what(), "has no kubernetes.io/service-name label")),
         }
     }
@@ -548,10 +502,11 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
             s.metadata.namespace.as_deref().unwrap_or(""),
             s.metadata.name.as_deref().unwrap_or("")
         );
-        let Some(port) = s.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == sp.port_name
-                && p.protocol.as_deref().unwrap_or("TCP") == proto_api(sp.protocol)
-        }) else {
+        let Some(port) = s
+            .ports
+            .iter()
+            .find(|p| *p.name == *sp.port_name && p.protocol.as_str() == proto_api(sp.protocol))
+        else {
             continue;
         };
         let Some(port) = port
@@ -565,7 +520,7 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
             ));
             continue;
         };
-        let want_v6 = s.address_type == "IPv6";
+        let want_v6 = &*s.address_type == "IPv6";
         if !sp.cluster_ips.iter().any(|ip| ip.is_ipv6() == want_v6) {
             // Only noted once per slice: the first port of the Service reports it.
             if sp.port_name == first_port_name {
@@ -580,12 +535,12 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
             continue;
         }
         for e in &s.endpoints {
-            let Some(addr) = e.addresses.first() else {
+            let Some(addr) = &e.address else {
                 continue;
             };
-            let ip: IpAddr = match addr.trim().parse() {
-                Ok(ip) => ip,
-                Err(_) => {
+            let ip: IpAddr = match addr {
+                Address::Ip(ip) => *ip,
+                Address::Invalid(addr) => {
                     notes.push(skip(
                         &what,
                         &format!("invalid endpoint address {addr:?} ignored"),
@@ -603,20 +558,18 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
                 ));
                 continue;
             }
-            let c = e.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let ready = e.ready.unwrap_or(true);
             let ep = Endpoint {
                 ip,
                 port,
                 ready,
-                serving: c.and_then(|c| c.serving).unwrap_or(ready),
-                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                serving: e.serving.unwrap_or(ready),
+                terminating: e.terminating.unwrap_or(false),
                 local: e.node_name.as_deref() == Some(node),
                 zone_hints: e
-                    .hints
+                    .zone_hints
                     .as_ref()
-                    .and_then(|h| h.for_zones.as_ref())
-                    .map(|z| z.iter().map(|z| z.name.clone()).collect()),
+                    .map(|z| z.iter().map(|z| z.to_string()).collect()),
             };
             add_endpoint(&mut out, ep, &what, notes);
         }
@@ -638,14 +591,19 @@ fn legacy_endpoints(
         eps.metadata.namespace.as_deref().unwrap_or(""),
         eps.metadata.name.as_deref().unwrap_or("")
     );
-    for subset in eps.subsets.iter().flatten() {
-        let Some(port) = subset.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == sp.port_name
-                && p.protocol.as_deref().unwrap_or("TCP") == proto_api(sp.protocol)
-        }) else {
+    for subset in &eps.subsets {
+        let Some(port) = subset
+            .ports
+            .iter()
+            .find(|p| *p.name == *sp.port_name && p.protocol.as_str() == proto_api(sp.protocol))
+        else {
             continue;
         };
-        let Some(port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
+        let Some(port) = port
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
             continue;
         };
         let all = [
@@ -653,10 +611,13 @@ fn legacy_endpoints(
             (&subset.not_ready_addresses, false),
         ];
         for (list, ready) in all {
-            for a in list.iter().flatten() {
-                let Ok(ip) = a.ip.trim().parse::<IpAddr>() else {
-                    notes.push(skip(&what, &format!("invalid address {:?} ignored", a.ip)));
-                    continue;
+            for a in list.iter() {
+                let ip = match &a.ip {
+                    Address::Ip(ip) => *ip,
+                    Address::Invalid(raw) => {
+                        notes.push(skip(&what, &format!("invalid address {raw:?} ignored")));
+                        continue;
+                    }
                 };
                 let ep = Endpoint {
                     ip,
