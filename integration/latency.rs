@@ -105,7 +105,15 @@ fn slice(i: usize, round: usize) -> Value {
 
 /// A fake API server holding node-a and `services` Services with 10 endpoints each.
 fn preloaded(services: usize) -> FakeApi {
-    let api = FakeApi::start();
+    preloaded_in(services, None)
+}
+
+/// `preloaded`, with the server listening in network namespace `netns` when given.
+fn preloaded_in(services: usize, netns: Option<&str>) -> FakeApi {
+    let api = match netns {
+        Some(n) => FakeApi::start_in_netns(n),
+        None => FakeApi::start(),
+    };
     api.apply(
         &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
         "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}}),
@@ -253,27 +261,85 @@ fn latency_10k_services() {
 #[test]
 #[ignore = "a benchmark; run explicitly with --release --ignored --nocapture"]
 fn agent_rss_10k_services() {
+    agent_rss(false);
+}
+
+/// The same with the kernel sink: the agent programs a network namespace made for the run.
+#[test]
+#[ignore = "a benchmark; run explicitly with --release --ignored --nocapture"]
+fn agent_rss_10k_services_kernel() {
+    if require_root_and_tools() {
+        agent_rss(true);
+    }
+}
+
+/// Runs the agent binary at 10,000 Services, with `--dry-run` or programming a namespace
+/// of its own, through a first full sync and 200 changes, and prints its peak RSS.
+fn agent_rss(kernel: bool) {
     use std::io::{BufRead, BufReader};
     let services = 10_000;
-    let api = preloaded(services);
+    let ns = kernel.then(|| Netns::create(&format!("kntp-{}-rss", random_id()), "rss").unwrap());
+    struct RemoveOnExit(Option<Netns>);
+    impl Drop for RemoveOnExit {
+        fn drop(&mut self) {
+            if let Some(ns) = &self.0 {
+                ns.destroy();
+            }
+        }
+    }
+    let ns = RemoveOnExit(ns);
+    let api = match &ns.0 {
+        Some(n) => preloaded_in(services, Some(n.name())),
+        None => preloaded(services),
+    };
     let kc = api.kubeconfig_file();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
-        .args([
-            "run",
-            "--dry-run",
-            "--hostname-override=node-a",
-            "--min-sync-period=0",
-        ])
+    let mut cmd = match &ns.0 {
+        Some(n) => n.command(env!("CARGO_BIN_EXE_kube-nftproxy")),
+        None => std::process::Command::new(env!("CARGO_BIN_EXE_kube-nftproxy")),
+    };
+    cmd.args(["run", "--hostname-override=node-a", "--min-sync-period=0"])
         .arg("--kubeconfig")
-        .arg(&kc)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.starts_with("full sync"), "{first}");
+        .arg(&kc);
+    if kernel {
+        // The first full sync is logged at info; that is what the run waits for.
+        cmd.env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+    } else {
+        cmd.arg("--dry-run")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out: Box<dyn std::io::Read + Send> = if kernel {
+        Box::new(child.stderr.take().unwrap())
+    } else {
+        Box::new(child.stdout.take().unwrap())
+    };
+    let mut lines = BufReader::new(out).lines();
+    let first_sync = |l: &str| {
+        if kernel {
+            // The log may be coloured: drop the escape sequences before matching.
+            let mut plain = String::new();
+            let mut escape = false;
+            for c in l.chars() {
+                match (escape, c) {
+                    (false, '\x1b') => escape = true,
+                    (true, 'm') => escape = false,
+                    (false, c) => plain.push(c),
+                    (true, _) => {}
+                }
+            }
+            plain.contains("sync complete") && plain.contains("full=true")
+        } else {
+            l.starts_with("full sync")
+        }
+    };
+    loop {
+        let l = lines.next().expect("agent output ended").unwrap();
+        if first_sync(&l) {
+            break;
+        }
+    }
     // Some churn, so the figure includes steady-state syncs, not just the first one.
     std::thread::spawn(move || for _ in lines {});
     for round in 0..200 {
@@ -282,6 +348,13 @@ fn agent_rss_10k_services() {
     }
     std::thread::sleep(Duration::from_secs(1));
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    if let Some(n) = &ns.0 {
+        let listing = n.nft_list_table("ip", "kube-nftproxy");
+        assert!(
+            listing.contains("map service-endpoints"),
+            "the agent did not program its namespace"
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
     let field = |k: &str| {
@@ -292,7 +365,12 @@ fn agent_rss_10k_services() {
             .unwrap_or_default()
     };
     println!(
-        "agent at {services} Services x 10 endpoints: {} / {}",
+        "agent at {services} Services x 10 endpoints{}: {} / {}",
+        if kernel {
+            ", programming the kernel"
+        } else {
+            ", --dry-run"
+        },
         field("VmHWM"),
         field("VmRSS")
     );
