@@ -398,11 +398,46 @@ fn clusterip_spreads_evenly_over_every_endpoint() {
     for (name, ip) in eps {
         c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
     }
+    // A second Service with more endpoints puts a `numgen random mod 5` rule before the
+    // `mod 3` one in the shared selection chain: web's packets meet it first, miss on
+    // slots 3 and 4 and draw again, and both Services must still spread evenly.
+    let wide = [
+        ("f1", "10.244.0.31"),
+        ("f2", "10.244.0.32"),
+        ("f3", "10.244.0.33"),
+        ("f4", "10.244.0.34"),
+        ("f5", "10.244.0.35"),
+    ];
+    for (name, ip) in wide {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
     let client = c.add_pod("c", "10.244.0.20");
     let remote = c.add_pod2("r", "10.244.1.20");
-    let yaml =
-        nodes_yaml() + &http_service("web", "10.96.0.10", &eps.map(|(_, ip)| (ip, NODE_A)), &[]);
+    let yaml = nodes_yaml()
+        + &http_service("web", "10.96.0.10", &eps.map(|(_, ip)| (ip, NODE_A)), &[])
+        + &http_service("wide", "10.96.0.11", &wide.map(|(_, ip)| (ip, NODE_A)), &[]);
     program(c.node(), &yaml, &[]);
+    let listing = c.node().nft_list_table("ip", "kube-nftproxy");
+    let mod5 = listing.find("numgen random mod 5 map @service-endpoints");
+    let mod3 = listing.find("numgen random mod 3 map @service-endpoints");
+    assert!(
+        matches!((mod5, mod3), (Some(a), Some(b)) if a < b),
+        "the selection chain must try 5 before 3:\n{listing}"
+    );
+
+    // The wider Service: 300 connections, each of 5 endpoints 10..32 % (mean 20 %).
+    let got = ids(
+        &client.tcp_requests("10.96.0.11", 80, 300, TIMEOUT),
+        "pod c to wide",
+    );
+    let n = counts(&got);
+    for (name, _) in wide {
+        let k = n.get(name).copied().unwrap_or(0);
+        assert!(
+            (30..=95).contains(&k),
+            "pod c: endpoint {name} of wide got {k}/300 connections, want 10..32 %: {n:?}"
+        );
+    }
 
     // From a pod on the node: 300 connections, each endpoint 20..47 %.
     let got = ids(
