@@ -167,10 +167,9 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
         }],
     }])?;
     let replaced = Element {
-        data: Some(ElementData::Values(vec![
-            Value::Addr(ip),
-            Value::Port(8080),
-        ])),
+        data: Some(ElementData::Values(
+            vec![Value::Addr(ip), Value::Port(8080)].into(),
+        )),
         ..endpoint.clone()
     };
     let endpoint_swap = probe(vec![

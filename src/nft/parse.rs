@@ -575,7 +575,7 @@ impl<'t> Parser<'t> {
                 }
                 Some(MapData::Values(types)) => {
                     self.keyword(":")?;
-                    Some(ElementData::Values(self.values(f, types)?))
+                    Some(ElementData::Values(self.values(f, types)?.into()))
                 }
             };
             let line = self.line();
@@ -1327,7 +1327,9 @@ mod tests {
             comment: Some("c".into()),
             elements: [(
                 vec![Value::Addr(a4)],
-                Some(ElementData::Values(vec![Value::Addr(a4), Value::Port(9)])),
+                Some(ElementData::Values(
+                    vec![Value::Addr(a4), Value::Port(9)].into(),
+                )),
             )]
             .into(),
         };

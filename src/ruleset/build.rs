@@ -688,7 +688,7 @@ impl<'a> TableBuilder<'a> {
         for (i, ep) in eps.iter().enumerate() {
             let mut k = key.clone();
             k.push(Value::Slot(i as u32));
-            let data = ElementData::Values(vec![Value::Addr(ep.ip), Value::Port(ep.port)]);
+            let data = ElementData::Values(vec![Value::Addr(ep.ip), Value::Port(ep.port)].into());
             self.add(map, k, Some(data));
         }
         self.slots.push((map, eps.len() as u32));

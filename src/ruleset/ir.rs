@@ -141,7 +141,85 @@ pub struct Element {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ElementData {
     Verdict(Verdict),
-    Values(Vec<Value>),
+    Values(Values),
+}
+
+/// The values of a map element's data. Endpoint maps hold `addr . port` in 110,000+
+/// elements at 10,000 Services, so up to two values are kept inline (a vector allocation
+/// each cost 6 MB); longer data goes to the heap. Compares, orders and hashes as the slice.
+#[derive(Clone)]
+pub enum Values {
+    Inline { values: [Value; 2], len: u8 },
+    Heap(Box<[Value]>),
+}
+
+impl Values {
+    pub fn as_slice(&self) -> &[Value] {
+        match self {
+            Values::Inline { values, len } => &values[..usize::from(*len)],
+            Values::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for Values {
+    type Target = [Value];
+    fn deref(&self) -> &[Value] {
+        self.as_slice()
+    }
+}
+
+impl From<Vec<Value>> for Values {
+    fn from(v: Vec<Value>) -> Values {
+        let pad = Value::Port(0);
+        match v.as_slice() {
+            [] => Values::Inline {
+                values: [pad; 2],
+                len: 0,
+            },
+            [a] => Values::Inline {
+                values: [*a, pad],
+                len: 1,
+            },
+            [a, b] => Values::Inline {
+                values: [*a, *b],
+                len: 2,
+            },
+            _ => Values::Heap(v.into_boxed_slice()),
+        }
+    }
+}
+
+impl PartialEq for Values {
+    fn eq(&self, other: &Values) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Values {}
+
+impl PartialOrd for Values {
+    fn partial_cmp(&self, other: &Values) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Values {
+    fn cmp(&self, other: &Values) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::hash::Hash for Values {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_slice().hash(h)
+    }
+}
+
+impl std::fmt::Debug for Values {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
 }
 
 /// Transport protocols a Service port may use.
@@ -329,4 +407,33 @@ pub enum Verdict {
     },
     /// `masquerade fully-random`
     Masquerade,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_behave_as_their_slice_inline_or_not() {
+        let v = |xs: &[u16]| -> Values {
+            xs.iter()
+                .map(|p| Value::Port(*p))
+                .collect::<Vec<_>>()
+                .into()
+        };
+        assert!(matches!(v(&[1, 2]), Values::Inline { len: 2, .. }));
+        assert!(matches!(v(&[1, 2, 3]), Values::Heap(_)));
+        assert_eq!(v(&[]).len(), 0);
+        assert_eq!(&*v(&[7]), &[Value::Port(7)]);
+        assert_eq!(v(&[1, 2]), v(&[1, 2]));
+        assert_ne!(v(&[1]), v(&[1, 0]), "padding is not a value");
+        assert!(v(&[1, 2]) < v(&[1, 2, 0]) && v(&[1, 2, 0]) < v(&[1, 3]));
+        let hash = |x: &Values| {
+            use std::hash::{BuildHasher, RandomState};
+            let s = RandomState::new();
+            (s.hash_one(x), s.hash_one(x.as_slice()))
+        };
+        let (a, b) = hash(&v(&[4, 5]));
+        assert_eq!(a, b);
+    }
 }
