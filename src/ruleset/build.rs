@@ -462,36 +462,34 @@ impl<'a> TableBuilder<'a> {
         let base = names::base(sp);
         let cluster_chain = names::service_chain(&base);
         let local_chain = names::local_chain(&base);
-        let external_chain = names::external_chain(&base);
         let firewall_chain = names::firewall_chain(&base);
         let has_cluster = !cat.cluster.is_empty();
         let has_local = !cat.local.is_empty();
-        let (internal_chain, has_internal) = if sp.internal_policy_local {
-            (&local_chain, has_local)
+        let has_internal = if sp.internal_policy_local {
+            has_local
         } else {
-            (&cluster_chain, has_cluster)
+            has_cluster
         };
-        let internal_chain = internal_chain.clone();
         let has_external = if etp_local { has_local } else { has_cluster };
         let uses_external_chain = cat.has_any && externally_accessible;
         // Session affinity remembers the endpoint each rule picks, so those Services keep
         // chains of their own with one rule per endpoint; every other Service shares the
         // selection chains and only adds map elements (see rules/README.md).
         let shared = sp.affinity_timeout.is_none();
-        let (internal_chain, external_chain) = if shared {
-            let internal = if sp.internal_policy_local {
-                LOCAL_ENDPOINTS
-            } else {
-                ENDPOINTS
-            };
-            let external = if etp_local {
-                EXTERNAL_LOCAL_ENDPOINTS
-            } else {
-                EXTERNAL_ENDPOINTS
-            };
-            (internal.to_string(), external.to_string())
-        } else {
-            (internal_chain.clone(), external_chain)
+        let (internal_chain, external_chain) = match (shared, sp.internal_policy_local) {
+            (true, local) => (
+                if local { LOCAL_ENDPOINTS } else { ENDPOINTS }.to_string(),
+                if etp_local {
+                    EXTERNAL_LOCAL_ENDPOINTS
+                } else {
+                    EXTERNAL_ENDPOINTS
+                }
+                .to_string(),
+            ),
+            (false, local) => (
+                if local { &local_chain } else { &cluster_chain }.clone(),
+                names::external_chain(&base),
+            ),
         };
         let internal_chain = &internal_chain;
 
