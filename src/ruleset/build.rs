@@ -596,17 +596,17 @@ impl<'a> TableBuilder<'a> {
                 }
             }
         }
-        if shared {
-            // Only the firewall chain below is the Service's own.
-        } else if has_cluster {
+        // Chains of its own, for session affinity (shared Services have only the firewall
+        // chain below).
+        if !shared && has_cluster {
             let rules = self.endpoint_rules(sp, &cat.cluster);
             self.chains.push(regular(&cluster_chain, rules));
         }
-        if has_local && !shared {
+        if !shared && has_local {
             let rules = self.endpoint_rules(sp, &cat.local);
             self.chains.push(regular(&local_chain, rules));
         }
-        if uses_external_chain && !shared {
+        if !shared && uses_external_chain {
             let mut rules = Vec::new();
             if !etp_local {
                 rules.push(
