@@ -147,10 +147,7 @@ pub async fn run<S, F>(
         let mut dirty = changes.take_dirty();
         // A forced full sync also re-reads every store, in case an event went missing.
         dirty.all |= full;
-        stores.refresh(&mut objects, &dirty);
-        let Some(snapshot) = objects.as_ref() else {
-            continue;
-        };
+        let snapshot = stores.refresh(&mut objects, &dirty);
         let update = desired.update(snapshot, full);
         for n in &update.notes {
             tracing::debug!("{n}");

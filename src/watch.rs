@@ -162,11 +162,18 @@ impl Stores {
     /// each is looked up in its store and put in, replaced or removed at its place in the
     /// sorted lists. Takes a full snapshot when there is none yet or `dirty.all` is set.
     /// A change that arrives while this runs is marked again, so the next sync sees it.
-    pub fn refresh(&self, objects: &mut Option<ClusterObjects>, dirty: &Dirty) {
-        let Some(o) = objects.as_mut().filter(|_| !dirty.all) else {
-            *objects = Some(self.snapshot());
-            return;
-        };
+    pub fn refresh<'a>(
+        &self,
+        objects: &'a mut Option<ClusterObjects>,
+        dirty: &Dirty,
+    ) -> &'a ClusterObjects {
+        if dirty.all {
+            *objects = None;
+        }
+        let o = objects.get_or_insert_with(|| self.snapshot());
+        if dirty.all {
+            return o;
+        }
         for (kind, ns, name) in &dirty.objects {
             let ns = ns.as_deref();
             match kind.as_str() {
@@ -190,6 +197,7 @@ impl Stores {
                 _ => {}
             }
         }
+        o
     }
 
     /// Resolves once every watched kind has delivered its first complete list: before

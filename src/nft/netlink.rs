@@ -357,15 +357,6 @@ fn verdict_kind(v: &Verdict) -> Option<VerdictKind> {
 fn encode_element(
     f: Family,
     decl: &Set,
-    e: &Element,
-    with_data: bool,
-) -> Result<(Vec<u8>, Option<KernelData>), String> {
-    encode_parts(f, decl, &e.key, e.data.as_ref(), with_data)
-}
-
-fn encode_parts(
-    f: Family,
-    decl: &Set,
     key: &[Value],
     data: Option<&ElementData>,
     with_data: bool,
@@ -966,7 +957,7 @@ pub fn to_batch_with(
                 let mut count = 0;
                 for (i, (key, data)) in elements.enumerate() {
                     count = i + 1;
-                    let (k, d) = encode_parts(*family, decl, key, data, adding).map_err(|r| {
+                    let (k, d) = encode_element(*family, decl, key, data, adding).map_err(|r| {
                         let e = Element {
                             key: key.to_vec(),
                             data: data.cloned(),
@@ -1430,10 +1421,8 @@ pub fn summarize(table: &ir::Table) -> KernelTable {
                 },
             };
             if !s.flags.dynamic {
-                let mut els: Vec<KernelElement> = s
-                    .element_list()
-                    .iter()
-                    .map(|e| match encode_element(f, s, e, true) {
+                let mut els: Vec<KernelElement> = (s.elements.iter())
+                    .map(|(k, d)| match encode_element(f, s, k, d.as_ref(), true) {
                         Ok((key, data)) => KernelElement { key, data },
                         Err(_) => KernelElement {
                             key: Vec::new(),
@@ -2078,7 +2067,7 @@ mod tests {
         // The reference packing, from every encoded element at once.
         let nl = nl_set(Family::V4, "t", &map).unwrap();
         let encoded = elements.iter().map(|e| {
-            let (k, d) = encode_element(Family::V4, &map, e, true).unwrap();
+            let (k, d) = encode_element(Family::V4, &map, &e.key, e.data.as_ref(), true).unwrap();
             nl_element(k, d)
         });
         let want: Vec<usize> = rustables::set::split_set_elements(&nl, encoded)

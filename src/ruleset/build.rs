@@ -43,10 +43,23 @@ const LOCAL_ENDPOINTS: &str = "local-endpoints";
 const EXTERNAL_ENDPOINTS: &str = "external-endpoints";
 const EXTERNAL_LOCAL_ENDPOINTS: &str = "external-local-endpoints";
 
-/// The chains that pick an endpoint, with the maps they look up, in rule order.
-const SELECTION: [(&str, [&str; 2]); 2] = [
-    (ENDPOINTS, [SERVICE_EPS, NODEPORT_EPS]),
-    (LOCAL_ENDPOINTS, [LOCAL_SERVICE_EPS, LOCAL_NODEPORT_EPS]),
+/// An endpoint map and the packet fields it is keyed by, before the slot.
+type EndpointMap = (&'static str, &'static [Field]);
+
+/// The chains that pick an endpoint, with the maps they look up (and the packet fields
+/// a map is keyed by, before the slot), in rule order.
+const SELECTION: [(&str, [EndpointMap; 2]); 2] = [
+    (
+        ENDPOINTS,
+        [(SERVICE_EPS, &VIP_KEY), (NODEPORT_EPS, &PORT_KEY)],
+    ),
+    (
+        LOCAL_ENDPOINTS,
+        [
+            (LOCAL_SERVICE_EPS, &VIP_KEY),
+            (LOCAL_NODEPORT_EPS, &PORT_KEY),
+        ],
+    ),
 ];
 
 /// Endpoint counts in use, per endpoint map: the selection chains need one rule per count.
@@ -137,12 +150,7 @@ pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
                 .chain(name)
                 .cloned()
                 .unwrap_or_else(|| Chain::regular(*name));
-            for map in maps {
-                let key: &[Field] = if map.contains("nodeport") {
-                    &PORT_KEY
-                } else {
-                    &VIP_KEY
-                };
+            for (map, key) in maps {
                 for n in counts.get(map).into_iter().flatten().rev() {
                     let mut k = key.to_vec();
                     k.push(Field::Random(*n));
@@ -563,31 +571,30 @@ impl<'a> TableBuilder<'a> {
         }
 
         if shared {
-            let mut vips =
-                |map: &'static str, ips: &mut dyn Iterator<Item = IpAddr>, eps: &[&Endpoint]| {
-                    for ip in ips {
-                        self.slots(map, vec![Value::Addr(ip), proto, port], eps);
-                    }
-                };
+            // The Service IPs whose traffic `endpoints` serves, and those `local-endpoints`
+            // serves (Local policies; eTP=Local traffic from pods uses both).
             let outside: Vec<IpAddr> = if externally_accessible {
                 external_ips.iter().chain(lb_ips.iter()).copied().collect()
             } else {
                 Vec::new()
             };
-            let itp_local = sp.internal_policy_local;
-            let cluster_ips = (!itp_local).then_some(cip).into_iter();
-            vips(
-                SERVICE_EPS,
-                &mut cluster_ips.chain(outside.iter().copied()),
-                &cat.cluster,
-            );
-            let local_ips = itp_local.then_some(cip).into_iter();
-            let local_outside = outside.iter().copied().filter(|_| etp_local);
-            vips(
-                LOCAL_SERVICE_EPS,
-                &mut local_ips.chain(local_outside),
-                &cat.local,
-            );
+            let mut local_vips = if etp_local {
+                outside.clone()
+            } else {
+                Vec::new()
+            };
+            let mut cluster_vips = outside;
+            if sp.internal_policy_local {
+                local_vips.push(cip);
+            } else {
+                cluster_vips.push(cip);
+            }
+            for ip in cluster_vips {
+                self.slots(SERVICE_EPS, vip(ip), &cat.cluster);
+            }
+            for ip in local_vips {
+                self.slots(LOCAL_SERVICE_EPS, vip(ip), &cat.local);
+            }
             if let Some(np) = sp.node_port {
                 let key = vec![proto, Value::Port(np)];
                 self.slots(NODEPORT_EPS, key.clone(), &cat.cluster);

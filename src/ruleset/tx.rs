@@ -240,7 +240,7 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             elements,
         } => {
             let s = set_mut(table_mut(rs, *family, table)?, set)?;
-            add_sorted(&mut s.elements, elements)
+            add_elements(&mut s.elements, elements)
                 .map_err(|_| ReplayError(format!("EEXIST: element added twice to {set}")))?;
         }
         Op::DeleteElements {
@@ -250,7 +250,7 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             elements,
         } => {
             let s = set_mut(table_mut(rs, *family, table)?, set)?;
-            delete_sorted(&mut s.elements, elements)
+            delete_elements(&mut s.elements, elements)
                 .map_err(|_| ReplayError(format!("ENOENT: element missing from {set}")))?;
         }
         Op::FlushSet { family, table, set } => {
@@ -269,7 +269,7 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
 
 /// Adds `new` to `into`. Fails, leaving `into` as it was, if a key is present already (or
 /// twice in `new`), as the kernel refuses it.
-fn add_sorted(into: &mut Elements, new: &[Element]) -> Result<(), ()> {
+fn add_elements(into: &mut Elements, new: &[Element]) -> Result<(), ()> {
     let mut keys: Vec<&Vec<Value>> = new.iter().map(|e| &e.key).collect();
     keys.sort();
     if keys.windows(2).any(|w| w[0] == w[1]) || keys.iter().any(|k| into.contains_key(*k)) {
@@ -283,7 +283,7 @@ fn add_sorted(into: &mut Elements, new: &[Element]) -> Result<(), ()> {
 
 /// Removes the elements with `gone`'s keys. Fails, leaving `from` as it was, if one is
 /// missing (or listed twice: the kernel would find it missing the second time).
-fn delete_sorted(from: &mut Elements, gone: &[Element]) -> Result<(), ()> {
+fn delete_elements(from: &mut Elements, gone: &[Element]) -> Result<(), ()> {
     let mut keys: Vec<&Vec<Value>> = gone.iter().map(|e| &e.key).collect();
     keys.sort();
     if keys.windows(2).any(|w| w[0] == w[1]) || keys.iter().any(|k| !from.contains_key(*k)) {
@@ -316,14 +316,14 @@ mod tests {
     #[test]
     fn bulk_element_changes_keep_the_set_sorted_and_refuse_what_the_kernel_refuses() {
         let mut s = set(&[2, 4, 6]);
-        add_sorted(&mut s, &els(&[7, 1, 5])).unwrap();
+        add_elements(&mut s, &els(&[7, 1, 5])).unwrap();
         assert_eq!(s, set(&[1, 2, 4, 5, 6, 7]));
-        assert!(add_sorted(&mut s, &els(&[3, 4])).is_err(), "4 exists");
-        assert!(add_sorted(&mut s, &els(&[3, 3])).is_err(), "3 twice");
-        delete_sorted(&mut s, &els(&[7, 1, 4])).unwrap();
+        assert!(add_elements(&mut s, &els(&[3, 4])).is_err(), "4 exists");
+        assert!(add_elements(&mut s, &els(&[3, 3])).is_err(), "3 twice");
+        delete_elements(&mut s, &els(&[7, 1, 4])).unwrap();
         assert_eq!(s, set(&[2, 5, 6]));
-        assert!(delete_sorted(&mut s, &els(&[2, 9])).is_err(), "9 missing");
-        assert!(delete_sorted(&mut s, &els(&[5, 5])).is_err(), "5 twice");
+        assert!(delete_elements(&mut s, &els(&[2, 9])).is_err(), "9 missing");
+        assert!(delete_elements(&mut s, &els(&[5, 5])).is_err(), "5 twice");
         assert_eq!(
             s,
             set(&[2, 5, 6]),
