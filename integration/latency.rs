@@ -13,12 +13,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kube_nftproxy::agent::reconcile::{self, Sink, Timing};
+use kube_nftproxy::agent::watch::{self, Changes, EndpointsApi};
+use kube_nftproxy::model::options::Options;
 use kube_nftproxy::nft::{monitor, netlink};
-use kube_nftproxy::options::Options;
-use kube_nftproxy::reconcile::{self, Sink, Timing};
 use kube_nftproxy::ruleset::ir::Ruleset;
 use kube_nftproxy::ruleset::tx::{Op, Transaction};
-use kube_nftproxy::watch::{self, Changes, EndpointsApi};
 use serde_json::{json, Value};
 use support::fakeapi::FakeApi;
 use support::*;

@@ -6,7 +6,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use kube_nftproxy::{desired, input, options, ruleset, synthetic};
+use kube_nftproxy::agent::desired;
+use kube_nftproxy::cli::synthetic;
+use kube_nftproxy::model::options;
+use kube_nftproxy::objects::input;
+use kube_nftproxy::ruleset;
 
 struct Counting;
 

@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use kube_nftproxy::model::options::{NodePortAddresses, Options};
 use kube_nftproxy::nft::{parse, text};
-use kube_nftproxy::options::{NodePortAddresses, Options};
-use kube_nftproxy::render;
 use kube_nftproxy::ruleset::ir::{
     ElementData, Expr, Family, KeyType, MapData, Ruleset, Table, Value as IrValue, Verdict,
 };
+use kube_nftproxy::ruleset::render;
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Map, Value};
@@ -809,7 +809,7 @@ proptest! {
 
 #[test]
 fn layout_does_not_grow_with_the_cluster() {
-    use kube_nftproxy::synthetic::{cluster, Spec};
+    use kube_nftproxy::cli::synthetic::{cluster, Spec};
     let expected = empty_layout();
     assert!(!expected.0.is_empty() && !expected.1.is_empty());
     let opts = Options {

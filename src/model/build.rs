@@ -8,14 +8,15 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::{Endpoint, Family, Model, Proto, ServicePort};
-use crate::input::{ClusterObjects, Skipped};
+use crate::model::options::{NodePortAddresses, Options};
+use crate::objects::input::ClusterObjects;
 use crate::objects::{Address, EndpointSlice, Endpoints, Meta, Node, Service, ServiceType};
-use crate::options::{NodePortAddresses, Options};
+use crate::vocab::Note;
 
 pub use crate::objects::LABEL_SERVICE_NAME;
 const DEFAULT_AFFINITY_TIMEOUT: i32 = 10800;
 
-pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) {
+pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Note>) {
     let mut notes = Vec::new();
     let mut model = globals(objects, opts, &mut notes);
     let slices = group_slices(objects, &mut notes);
@@ -62,13 +63,13 @@ pub fn build(objects: &ClusterObjects, opts: &Options) -> (Model, Vec<Skipped>) 
 
 /// Everything in the model that no single Service decides: the node, its IPs and zone,
 /// the families and CIDRs. `services` is left empty.
-pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Skipped>) -> Model {
+pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Note>) -> Model {
     let node = objects
         .nodes
         .iter()
         .find(|n| n.metadata.name.as_deref() == Some(opts.hostname.as_str()));
     if node.is_none() && !objects.nodes.is_empty() {
-        notes.push(Skipped {
+        notes.push(Note {
             object: format!("Node {}", opts.hostname),
             reason: "this node is not in the input (pick one with --hostname-override); its IPs and zone are unknown, so NodePorts get no addresses".into(),
         });
@@ -132,7 +133,7 @@ pub fn service<S: AsRef<EndpointSlice>>(
     svc: &Service,
     slices: &[S],
     legacy: Option<&Endpoints>,
-    notes: &mut Vec<Skipped>,
+    notes: &mut Vec<Note>,
 ) -> Vec<ServicePort> {
     let Some(key) = object_key(&svc.metadata) else {
         return Vec::new();
@@ -173,8 +174,8 @@ pub fn legacy_by_service(objects: &ClusterObjects) -> BTreeMap<ObjKey<'_>, &Arc<
         .collect()
 }
 
-fn skip(object: &str, reason: &str) -> Skipped {
-    Skipped {
+fn skip(object: &str, reason: &str) -> Note {
+    Note {
         object: object.to_string(),
         reason: reason.to_string(),
     }
@@ -211,7 +212,7 @@ fn node_addresses(n: &Node) -> Vec<IpAddr> {
     }
 }
 
-fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Skipped>) -> Vec<IpNet> {
+fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Note>) -> Vec<IpNet> {
     let mut out = Vec::new();
     for sc in &o.service_cidrs {
         for c in &sc.cidrs {
@@ -257,7 +258,7 @@ fn valid_port_name(s: &str) -> bool {
 fn service_ports(
     svc: &Service,
     families: &BTreeSet<Family>,
-    notes: &mut Vec<Skipped>,
+    notes: &mut Vec<Note>,
     what: &str,
 ) -> Option<Vec<ServicePort>> {
     let (ns, name) = object_key(&svc.metadata)?;
@@ -305,7 +306,7 @@ fn service_ports(
     if cluster_ips.is_empty() {
         return None;
     }
-    let ips_of = |list: &[Box<str>], field: &str, notes: &mut Vec<Skipped>| -> Vec<IpAddr> {
+    let ips_of = |list: &[Box<str>], field: &str, notes: &mut Vec<Note>| -> Vec<IpAddr> {
         let mut out = Vec::new();
         for s in list {
             match s.trim().parse::<IpAddr>() {
@@ -449,7 +450,7 @@ pub type ObjKey<'a> = (&'a str, &'a str);
 /// EndpointSlices by the Service (namespace, name) they belong to.
 pub fn group_slices<'a>(
     o: &'a ClusterObjects,
-    notes: &mut Vec<Skipped>,
+    notes: &mut Vec<Note>,
 ) -> BTreeMap<ObjKey<'a>, Vec<&'a Arc<EndpointSlice>>> {
     let mut out: BTreeMap<ObjKey<'a>, Vec<&Arc<EndpointSlice>>> = BTreeMap::new();
     for s in &o.endpoint_slices {
@@ -472,7 +473,7 @@ pub fn group_slices<'a>(
     out
 }
 
-fn add_endpoint(list: &mut Vec<Endpoint>, ep: Endpoint, what: &str, notes: &mut Vec<Skipped>) {
+fn add_endpoint(list: &mut Vec<Endpoint>, ep: Endpoint, what: &str, notes: &mut Vec<Note>) {
     if let Some(old) = list.iter_mut().find(|e| e.ip == ep.ip && e.port == ep.port) {
         notes.push(skip(
             what,
@@ -492,7 +493,7 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
     sp: &ServicePort,
     first_port_name: &str,
     node: &str,
-    notes: &mut Vec<Skipped>,
+    notes: &mut Vec<Note>,
 ) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for s in slices {
@@ -582,7 +583,7 @@ fn legacy_endpoints(
     eps: Option<&Endpoints>,
     sp: &ServicePort,
     node: &str,
-    notes: &mut Vec<Skipped>,
+    notes: &mut Vec<Note>,
 ) -> Vec<Endpoint> {
     let mut out = Vec::new();
     let Some(eps) = eps else { return out };

@@ -3,19 +3,19 @@
 
 mod build;
 mod endpoints;
+pub mod options;
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-pub use crate::ruleset::ir::{Family, Proto};
+pub use crate::vocab::{Family, Proto};
 pub use build::{
     build, globals, group_slices, legacy_by_service, nodeport_ips, obj_key, parse_cidr, service,
     NodePortIps, ObjKey, SvcKey, LABEL_SERVICE_NAME,
 };
 pub use endpoints::{categorize, Categorized};
-
-use crate::options::NodePortAddresses;
+pub use options::{NodePortAddresses, Options};
 
 /// Everything the rule builder needs, per node.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,4 +4,6 @@ pub mod monitor;
 pub mod netlink;
 pub mod normalize;
 pub mod parse;
+#[cfg(test)]
+pub(crate) mod testns;
 pub mod text;

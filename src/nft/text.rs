@@ -620,19 +620,20 @@ mod tests {
     use crate::ruleset::diff;
 
     fn synthetic(services: usize) -> Ruleset {
-        let c = crate::synthetic::cluster(&crate::synthetic::Spec {
+        let c = crate::cli::synthetic::cluster(&crate::cli::synthetic::Spec {
             services,
             endpoints: 3,
             node: "node-a".into(),
         });
         let json = serde_json::to_string(&c).unwrap();
-        let objects = crate::render::read_sources([("synthetic", json.as_str())], &mut vec![])
-            .expect("synthetic input reads");
-        let opts = crate::options::Options {
+        let objects =
+            crate::ruleset::render::read_sources([("synthetic", json.as_str())], &mut vec![])
+                .expect("synthetic input reads");
+        let opts = crate::model::options::Options {
             hostname: "node-a".into(),
             ..Default::default()
         };
-        crate::render::ruleset(&objects, &opts).0
+        crate::ruleset::render::ruleset(&objects, &opts).0
     }
 
     /// Counts the writes, to show that the text went out in pieces.

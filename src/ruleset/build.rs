@@ -7,41 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use std::sync::OnceLock;
-
 use super::ir::*;
 use super::names;
-use crate::input::Skipped;
+use super::skeleton::*;
 use crate::model::{categorize, nodeport_ips, Endpoint, Model, NodePortIps, ServicePort};
-use crate::nft::parse;
-
-pub const TABLE_NAME: &str = "kube-nftproxy";
-
-// Set and map names.
-const CLUSTER_IPS: &str = "cluster-ips";
-const NODEPORT_IPS: &str = "nodeport-ips";
-const HAIRPIN: &str = "hairpin-connections";
-const AFFINITY: &str = "affinity";
-const SERVICE_IPS: &str = "service-ips";
-const SERVICE_NODEPORTS: &str = "service-nodeports";
-const NO_EP_SERVICES: &str = "no-endpoint-services";
-const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
-const FIREWALL_IPS: &str = "firewall-ips";
-const SERVICE_EPS: &str = "service-endpoints";
-const NODEPORT_EPS: &str = "nodeport-endpoints";
-const LOCAL_SERVICE_EPS: &str = "local-service-endpoints";
-const LOCAL_NODEPORT_EPS: &str = "local-nodeport-endpoints";
-
-// Fixed regular chains.
-const SERVICES: &str = "services";
-const MASQUERADING: &str = "masquerading";
-const NODEPORT_EP_CHECK: &str = "nodeport-endpoints-check";
-const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
-const REJECT_CHAIN: &str = "reject-chain";
-const ENDPOINTS: &str = "endpoints";
-const LOCAL_ENDPOINTS: &str = "local-endpoints";
-const EXTERNAL_ENDPOINTS: &str = "external-endpoints";
-const EXTERNAL_LOCAL_ENDPOINTS: &str = "external-local-endpoints";
+use crate::vocab::Note;
 
 /// An endpoint map and the packet fields it is keyed by, before the slot.
 type EndpointMap = (&'static str, &'static [Field]);
@@ -65,23 +35,8 @@ const SELECTION: [(&str, [EndpointMap; 2]); 2] = [
 /// Endpoint counts in use, per endpoint map: the selection chains need one rule per count.
 pub type SlotCounts = BTreeMap<&'static str, BTreeSet<u32>>;
 
-const SKELETON: &str = include_str!("../../rules/skeleton.nft");
-
-/// The parsed `rules/skeleton.nft`. It is part of the binary and a unit test parses it, so
-/// failing here would be a build defect, not bad input.
-pub fn skeleton() -> &'static Table {
-    static TABLE: OnceLock<Table> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let rs = parse::parse_script(SKELETON).expect("rules/skeleton.nft parses");
-        rs.tables
-            .into_iter()
-            .next()
-            .expect("rules/skeleton.nft has a table")
-    })
-}
-
 /// Builds one table per family the node proxies, plus the notes for anything dropped.
-pub fn build(m: &Model) -> (Ruleset, Vec<Skipped>) {
+pub fn build(m: &Model) -> (Ruleset, Vec<Note>) {
     let mut notes = Vec::new();
     let tables = m
         .families
@@ -186,7 +141,7 @@ pub fn assemble(
     m: &Model,
     f: Family,
     fragments: Vec<Fragment>,
-    notes: &mut Vec<Skipped>,
+    notes: &mut Vec<Note>,
 ) -> Assembled {
     let mut b = TableBuilder::new(m, f);
     let nodeports = nodeport_ips(m, f);
@@ -215,7 +170,7 @@ pub fn assemble(
                     if !noted.insert(c.set) {
                         continue;
                     }
-                    notes.push(Skipped {
+                    notes.push(Note {
                         object: format!("Service {}", fr.service),
                         reason: format!(
                             "{} entry {} is already used by another Service; ignored",
@@ -286,10 +241,6 @@ fn host(field: Field, ip: IpAddr) -> Expr {
 fn goto(chain: &str) -> Verdict {
     Verdict::Goto(chain.into())
 }
-
-const PORT_KEY: [Field; 2] = [Field::L4Proto, Field::Dport];
-const VIP_KEY: [Field; 3] = [Field::Daddr, Field::L4Proto, Field::Dport];
-const CONN_KEY: [Field; 4] = [Field::Saddr, Field::Daddr, Field::L4Proto, Field::Dport];
 
 impl<'a> TableBuilder<'a> {
     fn new(m: &'a Model, f: Family) -> Self {

@@ -291,8 +291,8 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::ClusterObjects;
-    use crate::options::Options;
+    use crate::model::options::Options;
+    use crate::objects::input::ClusterObjects;
 
     fn render(yaml: &str) -> Ruleset {
         let mut o = ClusterObjects::default();
@@ -303,7 +303,7 @@ mod tests {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             ..Options::default()
         };
-        crate::render::ruleset(&o, &opts).0
+        crate::ruleset::render::ruleset(&o, &opts).0
     }
 
     fn cluster(endpoints: &[&str], services: usize) -> String {

@@ -4,22 +4,7 @@
 
 use std::net::IpAddr;
 
-/// The address family of one table. The IR is written once per family; fields such as
-/// `Field::Saddr` print as `ip saddr` or `ip6 saddr` depending on the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: &IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-}
+pub use crate::vocab::{Family, Proto};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ruleset {
@@ -219,31 +204,6 @@ impl std::hash::Hash for Values {
 impl std::fmt::Debug for Values {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.as_slice().fmt(f)
-    }
-}
-
-/// Transport protocols a Service port may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Proto {
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-            Proto::Sctp => 132,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Sctp => "sctp",
-        }
     }
 }
 

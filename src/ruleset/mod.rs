@@ -4,8 +4,11 @@ mod build;
 pub mod diff;
 pub mod ir;
 pub mod names;
+pub mod render;
+mod skeleton;
 pub mod tx;
 
 pub use build::{
-    assemble, build, fragment, selection_chains, Assembled, Claim, Fragment, SlotCounts, TABLE_NAME,
+    assemble, build, fragment, selection_chains, Assembled, Claim, Fragment, SlotCounts,
 };
+pub use skeleton::{skeleton, TABLE_NAME};

@@ -142,7 +142,7 @@ fn existing_chain(t: &Table, name: &str, what: &str) -> Result<usize, ReplayErro
 }
 
 fn is_fixed(name: &str) -> bool {
-    super::build::skeleton().chain(name).is_some()
+    super::skeleton::skeleton().chain(name).is_some()
 }
 
 fn set_mut<'a>(t: &'a mut Table, name: &str) -> Result<&'a mut Set, ReplayError> {

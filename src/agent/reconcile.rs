@@ -7,13 +7,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::desired::Desired;
-use crate::input::ClusterObjects;
+use crate::agent::desired::Desired;
+use crate::agent::watch::{Changes, Stores};
+use crate::model::options::Options;
 use crate::model::Model;
-use crate::options::Options;
+use crate::objects::input::ClusterObjects;
 use crate::ruleset::ir::Ruleset;
 use crate::ruleset::tx::Transaction;
-use crate::watch::{Changes, Stores};
 
 /// Where transactions go.
 pub trait Sink: Send {

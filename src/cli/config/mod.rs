@@ -12,7 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::options::{NodePortAddresses, Options};
+use crate::model::options::{NodePortAddresses, Options};
 
 /// The only `apiVersion` a config file may have.
 pub const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";

@@ -19,6 +19,8 @@
 //! not `kube::Resource`: they carry no `ObjectMeta`. The `api` types, which `kube::Api` and
 //! the watcher handle one page or event at a time, implement `kube::Resource`.
 
+pub mod input;
+
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
@@ -750,9 +752,9 @@ mod tests {
     use kube::runtime::reflector::ObjectRef;
 
     use super::*;
-    use crate::input::ClusterObjects;
+    use crate::model::options::Options;
     use crate::nft::text;
-    use crate::options::Options;
+    use crate::objects::input::ClusterObjects;
 
     /// Everything a real server adds, on every kind, and every field the model reads.
     const FULL: &str = r#"
@@ -886,7 +888,8 @@ subsets:
 "#;
 
     fn read(text: &str) -> ClusterObjects {
-        crate::render::read_sources([("full.yaml", text)], &mut Vec::new()).expect("input reads")
+        crate::ruleset::render::read_sources([("full.yaml", text)], &mut Vec::new())
+            .expect("input reads")
     }
 
     fn ip(s: &str) -> Option<Address> {
@@ -975,7 +978,7 @@ subsets:
                 cluster_cidrs: cluster_cidrs.iter().map(|c| c.parse().unwrap()).collect(),
                 ..Options::default()
             };
-            let (rs, _) = crate::render::ruleset(&objects, &opts);
+            let (rs, _) = crate::ruleset::render::ruleset(&objects, &opts);
             let script = text::script(&rs);
             for want in [
                 "10.244.0.5",

@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::input::ClusterObjects;
+use crate::objects::input::ClusterObjects;
 use crate::objects::{api, EndpointSlice, Endpoints, Node, Object, Service, ServiceCidr};
 
 /// kube-proxy's selectors: Services served by another proxy, and headless ones, are not ours.

@@ -10,14 +10,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::input::{ClusterObjects, Skipped};
+use crate::model::options::Options;
 use crate::model::{self, Model, ServicePort, SvcKey};
+use crate::objects::input::ClusterObjects;
 use crate::objects::{EndpointSlice, Endpoints, Meta, Object, Service};
-use crate::options::Options;
 use crate::ruleset::diff;
 use crate::ruleset::ir::{ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
 use crate::ruleset::{assemble, fragment, selection_chains, Fragment, SlotCounts};
+use crate::vocab::Note;
 
 /// The objects of the last update, sorted as `ClusterObjects::sort` sorts them, and the
 /// endpoint objects grouped by the Service they belong to (slices in name order, as a full
@@ -35,7 +36,7 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn of(objects: &ClusterObjects, notes: &mut Vec<Skipped>) -> Inputs {
+    fn of(objects: &ClusterObjects, notes: &mut Vec<Note>) -> Inputs {
         let owned = |k: model::ObjKey| (k.0.to_string(), k.1.to_string());
         Inputs {
             services: objects.services.clone(),
@@ -188,7 +189,7 @@ pub struct Update {
     /// changed (enough to find stale conntrack entries).
     pub changed: Option<(Model, Model)>,
     /// Objects left out, for the log.
-    pub notes: Vec<Skipped>,
+    pub notes: Vec<Note>,
 }
 
 pub struct Desired {
@@ -287,7 +288,7 @@ impl Desired {
         &mut self,
         objects: &ClusterObjects,
         globals: Model,
-        mut notes: Vec<Skipped>,
+        mut notes: Vec<Note>,
     ) -> Update {
         let inputs = Inputs::of(objects, &mut notes);
         let mut services = BTreeMap::new();
@@ -341,7 +342,7 @@ impl Desired {
         &mut self,
         objects: &ClusterObjects,
         globals: &Model,
-        notes: &mut Vec<Skipped>,
+        notes: &mut Vec<Note>,
     ) -> Option<(Transaction, (Model, Model))> {
         let affected = self.inputs.advance(objects);
         let mut changed: Vec<(SvcKey, Option<Vec<ServicePort>>)> = Vec::new();
@@ -507,7 +508,7 @@ fn entry_ports(
     globals: &Model,
     key: &SvcKey,
     svc: &Service,
-    notes: &mut Vec<Skipped>,
+    notes: &mut Vec<Note>,
 ) -> Vec<ServicePort> {
     let slices = inputs.slices_of.get(key).map(Vec::as_slice).unwrap_or(&[]);
     let legacy = inputs.endpoints_of.get(key).map(|e| &**e);
@@ -642,7 +643,7 @@ mod tests {
     fn check(d: &mut Desired, o: &ClusterObjects, expect_full: bool) -> Update {
         let before = d.ruleset().clone();
         let u = d.update(o, false);
-        let (rendered, _) = crate::render::ruleset(o, &opts());
+        let (rendered, _) = crate::ruleset::render::ruleset(o, &opts());
         assert_eq!(
             d.ruleset(),
             &rendered,
@@ -822,7 +823,7 @@ mod tests {
                 };
                 let before = d.ruleset().clone();
                 let u = d.update(&next, false);
-                let (rendered, _) = crate::render::ruleset(&next, &opts());
+                let (rendered, _) = crate::ruleset::render::ruleset(&next, &opts());
                 proptest::prop_assert_eq!(d.ruleset(), &rendered);
                 if !u.full {
                     let mut replayed = before;

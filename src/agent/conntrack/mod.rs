@@ -805,8 +805,8 @@ fn delete_entries(sock: &mut Socket, entries: &[Entry]) -> Result<usize, Conntra
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::options::NodePortAddresses;
     use crate::model::{fixtures, Endpoint};
-    use crate::options::NodePortAddresses;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -8,13 +8,13 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::input::ClusterObjects;
+use crate::cli::synthetic;
+use crate::model::options::Options;
 use crate::nft::{netlink, text};
-use crate::options::Options;
+use crate::objects::input::ClusterObjects;
 use crate::ruleset::diff;
 use crate::ruleset::ir::Family;
 use crate::ruleset::TABLE_NAME;
-use crate::synthetic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -226,7 +226,7 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
         .add_text("synthetic", &json, &mut notes)
         .map_err(|e| BenchError::Input(e.to_string()))?;
     objects.sort();
-    let (rs, _) = crate::render::ruleset(&objects, &opts);
+    let (rs, _) = crate::ruleset::render::ruleset(&objects, &opts);
     let script = text::script(&rs);
     let render = t.elapsed();
 
@@ -250,7 +250,7 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
     // One endpoint changes in one Service, repeatedly, through the agent's path: the kept
     // state rebuilds that Service, diffs it and replays it; then the kernel applies it.
     let commits = crate::nft::monitor::Commits::listen().map_err(BenchError::Monitor)?;
-    let mut desired = crate::desired::Desired::new(opts.clone());
+    let mut desired = crate::agent::desired::Desired::new(opts.clone());
     let first = desired.update(&objects, true);
     if desired.ruleset() != &rs || !first.full {
         return Err(BenchError::Input(

@@ -1,5 +1,6 @@
 //! Reading cluster objects from files as `kubectl get -o yaml|json` prints them.
 
+use crate::vocab::Note;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1 as core;
@@ -12,7 +13,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::objects::{EndpointSlice, Endpoints, Meta, Node, Object, Service, ServiceCidr};
+use super::{EndpointSlice, Endpoints, Meta, Node, Object, Service, ServiceCidr};
 
 /// The objects the proxy cares about. Everything else in the input is ignored. Objects are
 /// shared (`Arc`) so a snapshot of the agent's reflector stores costs no copies. They are
@@ -25,19 +26,6 @@ pub struct ClusterObjects {
     pub endpoints: Vec<Arc<Endpoints>>,
     pub nodes: Vec<Arc<Node>>,
     pub service_cidrs: Vec<Arc<ServiceCidr>>,
-}
-
-/// An object that was left out, and why. Printed one per line on stderr.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub object: String,
-    pub reason: String,
-}
-
-impl std::fmt::Display for Skipped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "skipping {}: {}", self.object, self.reason)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +45,7 @@ impl ClusterObjects {
         &mut self,
         source_name: &str,
         text: &str,
-        skipped: &mut Vec<Skipped>,
+        skipped: &mut Vec<Note>,
     ) -> Result<(), InputError> {
         let syntax = |e: &dyn std::fmt::Display| InputError::Syntax {
             source_name: source_name.to_string(),
@@ -82,7 +70,7 @@ impl ClusterObjects {
 
     /// The JSON path decodes each object straight from its text, without building a
     /// `Value` tree first; it is what keeps a 10,000-Service dump well under a second.
-    fn add_raw_json(&mut self, doc: &RawValue, skipped: &mut Vec<Skipped>) {
+    fn add_raw_json(&mut self, doc: &RawValue, skipped: &mut Vec<Note>) {
         #[derive(Deserialize)]
         struct Head<'a> {
             #[serde(default, borrow)]
@@ -135,10 +123,10 @@ impl ClusterObjects {
         }
     }
 
-    fn add_value(&mut self, doc: Value, skipped: &mut Vec<Skipped>) {
+    fn add_value(&mut self, doc: Value, skipped: &mut Vec<Note>) {
         let Value::Object(mut map) = doc else {
             if !doc.is_null() {
-                skipped.push(Skipped {
+                skipped.push(Note {
                     object: "document".into(),
                     reason: "not a Kubernetes object (expected a mapping)".into(),
                 });
@@ -223,7 +211,7 @@ fn decode_str<T: DeserializeOwned, S: From<T>>(
     raw: &str,
     kind: &str,
     into: &mut Vec<Arc<S>>,
-    skipped: &mut Vec<Skipped>,
+    skipped: &mut Vec<Note>,
 ) {
     match serde_json::from_str::<T>(raw) {
         Ok(o) => into.push(Arc::new(S::from(o))),
@@ -231,7 +219,7 @@ fn decode_str<T: DeserializeOwned, S: From<T>>(
             let object = serde_json::from_str::<Value>(raw)
                 .map(|v| describe(kind, &v))
                 .unwrap_or_else(|_| format!("{kind} (unreadable)"));
-            skipped.push(Skipped {
+            skipped.push(Note {
                 object,
                 reason: format!("does not decode: {e}"),
             })
@@ -243,12 +231,12 @@ fn decode<T: DeserializeOwned, S: From<T>>(
     doc: Value,
     kind: &str,
     into: &mut Vec<Arc<S>>,
-    skipped: &mut Vec<Skipped>,
+    skipped: &mut Vec<Note>,
 ) {
     let object = describe(kind, &doc);
     match serde_json::from_value::<T>(doc) {
         Ok(o) => into.push(Arc::new(S::from(o))),
-        Err(e) => skipped.push(Skipped {
+        Err(e) => skipped.push(Note {
             object,
             reason: format!("does not decode: {e}"),
         }),

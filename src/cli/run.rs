@@ -1,0 +1,155 @@
+//! `run`: the node agent. Resolves the flags and the config file, connects to the API
+//! server, and hands the watches to the sync loop until SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::config;
+use super::DryRunMode;
+use crate::agent::reconcile::{self, DryRun, Timing};
+use crate::agent::sink::KernelSink;
+use crate::agent::watch::{self, Changes, EndpointsApi};
+use crate::model::Options;
+
+/// The agent is long-running and its few threads take turns building and freeing large
+/// structures; glibc gives each thread its own arena and keeps what one freed away from the
+/// others (measured: 5 MiB of peak RSS at 10,000 Services). Two arenas keep contention low.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before the agent's
+    // threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// The `run` subcommand's flags.
+pub struct RunArgs {
+    pub args: config::RenderArgs,
+    pub kubeconfig: Option<PathBuf>,
+    pub dry_run: Option<DryRunMode>,
+    pub endpoints_api: EndpointsApi,
+    pub min_sync_period: Option<String>,
+    pub sync_period: Option<String>,
+    pub verify_period: String,
+}
+
+/// Resolves the flags and runs the agent until SIGTERM / SIGINT.
+pub fn main(a: RunArgs) -> Result<()> {
+    limit_malloc_arenas();
+    let resolved = config::resolve_all(&a.args)?;
+    let duration = |flag: &str, v: Option<String>, default: Duration| -> Result<Duration> {
+        match v {
+            Some(s) => config::parse_go_duration(&s)
+                .map_err(|e| anyhow::anyhow!("--{flag}: invalid value {s:?}: {e}")),
+            None => Ok(default),
+        }
+    };
+    let timing = Timing {
+        min_sync_period: duration(
+            "min-sync-period",
+            a.min_sync_period,
+            resolved.sync.min_sync_period,
+        )?,
+        sync_period: duration("sync-period", a.sync_period, resolved.sync.sync_period)?,
+        verify_period: duration(
+            "verify-period",
+            Some(a.verify_period),
+            Duration::from_secs(10),
+        )?,
+    };
+    let kubeconfig = a.kubeconfig.or_else(|| {
+        resolved
+            .file
+            .as_ref()
+            .and_then(|f| f.client_connection.as_ref())
+            .and_then(|c| c.kubeconfig.clone())
+            .filter(|k| !k.is_empty())
+            .map(PathBuf::from)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(agent(
+        resolved.options,
+        timing,
+        kubeconfig,
+        a.dry_run,
+        a.endpoints_api,
+    ))
+}
+
+async fn client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig: not in a cluster, and neither --kubeconfig nor KUBECONFIG")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// SIGTERM or SIGINT: stop watching and exit, leaving the rules in place as kube-proxy does.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("signal received; exiting and leaving the rules in place");
+}
+
+async fn agent(
+    opts: Options,
+    timing: Timing,
+    kubeconfig: Option<PathBuf>,
+    dry_run: Option<DryRunMode>,
+    endpoints_api: EndpointsApi,
+) -> Result<()> {
+    let client = client(kubeconfig).await?;
+    let changes = Arc::new(Changes::default());
+    let stores = watch::start(&client, &opts.hostname, endpoints_api, changes.clone()).await;
+    let log_sync = |r: &reconcile::SyncReport| {
+        if let Some(max) = r.latencies.iter().max() {
+            tracing::debug!(
+                changes = r.latencies.len(),
+                max_latency_ms = max.as_secs_f64() * 1000.0,
+                "programmed"
+            );
+        }
+    };
+    let sink: Box<dyn reconcile::Sink> = match dry_run {
+        Some(mode) => Box::new(DryRun {
+            full_ruleset: mode == DryRunMode::Full,
+        }),
+        None => Box::new(KernelSink),
+    };
+    reconcile::run(
+        stores,
+        changes,
+        opts,
+        timing,
+        sink,
+        shutdown_signal(),
+        log_sync,
+    )
+    .await;
+    Ok(())
+}
