@@ -28,7 +28,6 @@ use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-nftproxy");
 const BASE_ARGS: [&str; 2] = ["--hostname-override=node-a", "--cluster-cidr=10.244.0.0/16"];
-const INJECT_INVALID: &str = "KUBE_NFTPROXY_TEST_INJECT_INVALID";
 
 // ---------------------------------------------------------------------------
 // programming the node
@@ -1150,12 +1149,19 @@ fn refused_transaction_leaves_previous_ruleset_serving() {
         );
     };
     check_a("state A");
+    // Another program holds `ip6 kube-nftproxy` (nft's owner flag): this IPv4-only apply
+    // deletes our table of a family it no longer proxies in the same batch, so the kernel
+    // refuses the whole batch.
+    let holder = c
+        .node()
+        .hold_owned_table("ip6", "kube-nftproxy")
+        .expect("hold an owned ip6 table");
     let listing_a = c.node().nft_list_ruleset();
 
-    let (_, out, _) = try_program(c.node(), &state_b, &[], &[(INJECT_INVALID, "1")]);
+    let (_, out, _) = try_program(c.node(), &state_b, &[], &[]);
     assert!(
         !out.status.success(),
-        "apply with {INJECT_INVALID}=1 must fail (kernel refuses the batch): {}",
+        "apply must fail while another program owns ip6 kube-nftproxy (the kernel refuses the batch): {}",
         out_text(&out)
     );
     eprintln!(
@@ -1168,6 +1174,7 @@ fn refused_transaction_leaves_previous_ruleset_serving() {
         "a refused transaction changed the ruleset:\n{}",
         line_diff(&listing_a, &listing_after)
     );
+    drop(holder);
     check_a("after the refused transaction");
 
     let synced = program(c.node(), &state_b, &[]);

@@ -324,6 +324,36 @@ impl Netns {
         self.exec(v)
     }
 
+    /// Fault injection: another program takes `table <family> <name>` with nft's `owner`
+    /// flag, so the kernel refuses (EPERM) every batch of anyone else that touches it,
+    /// until the returned process is dropped (the owner's socket closes and the kernel
+    /// removes the table). Fails if the table already exists (the kernel cannot hand an
+    /// existing table a new owner).
+    pub fn hold_owned_table(&self, family: &str, name: &str) -> io::Result<NsProcess> {
+        let mut cmd = self.command("nft");
+        cmd.arg("-i")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut holder = self.spawn_process(cmd)?;
+        {
+            let stdin = holder.child().stdin.as_mut().expect("piped stdin");
+            writeln!(stdin, "add table {family} {name} {{ flags owner; }}")?;
+            stdin.flush()?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.nft(["list", "table", family, name]).status.success() {
+                return Ok(holder);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(io::Error::other(format!(
+            "nft -i in {} did not create an owned table {family} {name}",
+            self.name()
+        )))
+    }
+
     /// `nft list table <family> <name>`; panics if it fails (e.g. no table).
     pub fn nft_list_table(&self, family: &str, name: &str) -> String {
         self.exec_ok(["nft", "list", "table", family, name])

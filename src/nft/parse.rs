@@ -1434,4 +1434,13 @@ mod tests {
         );
         assert_eq!(rs.tables[1].chains[0].base.unwrap().priority, 0);
     }
+
+    /// The documented skeleton and the one the builder uses are the same table.
+    #[test]
+    fn rules_skeleton_nft_reads_as_the_builders_skeleton() {
+        let text = include_str!("../../rules/skeleton.nft");
+        let rs = parse_script(text).expect("rules/skeleton.nft parses");
+        assert_eq!(rs.tables.len(), 1);
+        assert_eq!(&rs.tables[0], crate::ruleset::skeleton());
+    }
 }

@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::ruleset::ir::{
-    BaseChain, Chain, ChainType, CmpOp, Element, ElementData, Expr, Family, FibAddr, Field, Hook,
-    KeyType, MapData, Rule, Ruleset, Set, Table, Value, Verdict,
+    write_concat, BaseChain, Chain, ChainType, CmpOp, Element, ElementData, Expr, Family, FibAddr,
+    Field, Hook, KeyType, MapData, Rule, Ruleset, Set, Table, Value, Verdict,
 };
 
 /// The whole script for `nft -f`: for each table, create-if-missing, delete and recreate,
@@ -274,23 +274,7 @@ fn element_parts(out: &mut String, key: &[Value], data: Option<&ElementData>) {
 }
 
 fn values(out: &mut String, vs: &[Value]) {
-    for (i, v) in vs.iter().enumerate() {
-        if i > 0 {
-            out.push_str(" . ");
-        }
-        match v {
-            Value::Addr(a) => {
-                let _ = write!(out, "{a}");
-            }
-            Value::Proto(p) => out.push_str(p.name()),
-            Value::Port(p) => {
-                let _ = write!(out, "{p}");
-            }
-            Value::Slot(n) => {
-                let _ = write!(out, "{n}");
-            }
-        }
-    }
+    let _ = write_concat(out, vs);
 }
 
 /// nft prints timeouts in the largest units that divide them: `3h`, `10m`, `1h30m`, `45s`.
@@ -617,19 +601,32 @@ fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::tests::FULL;
     use crate::ruleset::diff;
 
+    /// The ruleset of `services` ClusterIP Services with three endpoints each.
     fn synthetic(services: usize) -> Ruleset {
-        let c = crate::cli::synthetic::cluster(&crate::cli::synthetic::Spec {
-            services,
-            endpoints: 3,
-            node: "node-a".into(),
-        });
-        let json = serde_json::to_string(&c).unwrap();
+        let mut yaml = String::new();
+        for i in 0..services {
+            let (hi, lo) = (i / 250, i % 250 + 1);
+            yaml += &format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n\
+                 spec: {{clusterIP: 10.96.{hi}.{lo}, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n\
+                 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\naddressType: IPv4\n\
+                 metadata: {{name: s{i}-1, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+                 ports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+            );
+            for e in 1..=3 {
+                yaml += &format!(
+                    "- {{addresses: [10.244.{hi}.{}], conditions: {{ready: true}}}}\n",
+                    lo * 3 % 250 + e
+                );
+            }
+        }
         let objects =
-            crate::ruleset::render::read_sources([("synthetic", json.as_str())], &mut vec![])
+            crate::ruleset::render::read_sources([("synthetic", yaml.as_str())], &mut vec![])
                 .expect("synthetic input reads");
-        let opts = crate::model::options::Options {
+        let opts = crate::model::Options {
             hostname: "node-a".into(),
             ..Default::default()
         };
@@ -693,5 +690,31 @@ mod tests {
         }
         let err = write_script(&synthetic(1500), &mut Broken).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
+    /// Every field of a fully populated cluster the model reads reaches the script.
+    #[test]
+    fn a_full_cluster_renders_every_field() {
+        let objects = crate::ruleset::render::read_sources([("full.yaml", FULL)], &mut Vec::new())
+            .expect("input reads");
+        for (cluster_cidrs, hostname) in [(vec![], "node-a"), (vec!["10.244.0.0/16"], "node-b")] {
+            let opts = crate::model::Options {
+                hostname: hostname.into(),
+                cluster_cidrs: cluster_cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+                ..Default::default()
+            };
+            let (rs, _) = crate::ruleset::render::ruleset(&objects, &opts);
+            let script = script(&rs);
+            for want in [
+                "10.244.0.5",
+                "192.0.2.10",
+                "198.51.100.7",
+                "203.0.113.0/24",
+                "10.244.0.8",
+            ] {
+                assert!(script.contains(want), "{want} missing:\n{script}");
+            }
+            assert!(!script.contains("192.0.2.11"), "{script}");
+        }
     }
 }

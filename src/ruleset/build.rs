@@ -175,10 +175,7 @@ pub fn assemble(
                         reason: format!(
                             "{} entry {} is already used by another Service; ignored",
                             c.set,
-                            crate::nft::text::element_text(&Element {
-                                key: c.key,
-                                data: None
-                            })
+                            concat_text(&c.key)
                         ),
                     });
                 }

@@ -117,6 +117,36 @@ pub enum Value {
     Slot(u32),
 }
 
+/// As nft prints a value: an address, a protocol name, a port or slot number.
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Addr(a) => write!(f, "{a}"),
+            Value::Proto(p) => f.write_str(p.name()),
+            Value::Port(p) => write!(f, "{p}"),
+            Value::Slot(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Writes a key or data concatenation as nft prints it: `10.0.0.1 . tcp . 80`.
+pub fn write_concat(out: &mut impl std::fmt::Write, vs: &[Value]) -> std::fmt::Result {
+    for (i, v) in vs.iter().enumerate() {
+        if i > 0 {
+            out.write_str(" . ")?;
+        }
+        write!(out, "{v}")?;
+    }
+    Ok(())
+}
+
+/// [`write_concat`] into a new string.
+pub fn concat_text(vs: &[Value]) -> String {
+    let mut out = String::new();
+    let _ = write_concat(&mut out, vs);
+    out
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
     pub key: Vec<Value>,
