@@ -2,14 +2,14 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
+use clap::Parser;
 use ipnet::IpNet;
 
 use super::*;
 use crate::model::NodePortAddresses;
-use clap::Parser;
-use std::str::FromStr;
 
 #[derive(Parser, Debug)]
 struct Cli {
@@ -272,10 +272,10 @@ ipvs:
 logging:
   flushFrequency: 0
   options:
-json:
-  infoBufferSize: \"0\"
-text:
-  infoBufferSize: \"0\"
+    json:
+      infoBufferSize: \"0\"
+    text:
+      infoBufferSize: \"0\"
   verbosity: 0
 metricsBindAddress: 127.0.0.1:10249
 mode: nftables
@@ -432,7 +432,7 @@ fn flags_override_config() {
         "override",
         &format!(
             "{HEADER}hostnameOverride: from-file\nclusterCIDR: 10.244.0.0/16\n\
-             nodePortAddresses: [10.0.0.0/8]\nnftables:\n  masqueradeAll: false\n"
+                 nodePortAddresses: [10.0.0.0/8]\nnftables:\n  masqueradeAll: false\n"
         ),
     );
     let from_file = resolve(&file.args()).expect("resolve");
