@@ -1,0 +1,3 @@
+//! The node agent's parts that act on the node itself.
+
+pub mod migrate;
