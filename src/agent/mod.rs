@@ -3,6 +3,7 @@
 
 pub mod conntrack;
 pub mod desired;
+pub mod migrate;
 pub mod reconcile;
 pub mod sink;
 pub mod watch;
