@@ -4,6 +4,7 @@
 //! `ruleset` (the IR) -> `nft` (text, and later netlink). Everything here up to the kernel
 //! layer is pure and deterministic.
 
+pub mod agent;
 pub mod apply;
 pub mod bench;
 pub mod config;
