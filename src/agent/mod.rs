@@ -7,7 +7,10 @@
 //!
 //! - [`metrics`]: the [`metrics::Metrics`] registry with upstream kube-proxy's metric names,
 //!   types, labels and buckets, plus our own `kube_nftproxy_*` ones; [`metrics::serve_metrics`].
+//! - [`health`]: [`health::ProxyHealth`] (upstream's `ProxyHealthServer` state) and
+//!   [`health::serve_health`].
 
+pub mod health;
 mod http;
 pub mod metrics;
 
