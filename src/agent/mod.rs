@@ -9,10 +9,13 @@
 //!   types, labels and buckets, plus our own `kube_nftproxy_*` ones; [`metrics::serve_metrics`].
 //! - [`health`]: [`health::ProxyHealth`] (upstream's `ProxyHealthServer` state) and
 //!   [`health::serve_health`].
+//! - [`service_health`]: [`service_health::ServiceHealthServer`], one listener per
+//!   `externalTrafficPolicy: Local` Service's `healthCheckNodePort`.
 
 pub mod health;
 mod http;
 pub mod metrics;
+pub mod service_health;
 
 pub use http::HttpServer;
 
