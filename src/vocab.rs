@@ -13,6 +13,15 @@ pub enum Family {
 }
 
 impl Family {
+    /// As Kubernetes spells `v1.IPFamily` (`IPv4`, `IPv6`): the value of upstream's
+    /// `ip_family` metric label and the key of the health body's `status` map.
+    pub fn k8s_name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
     pub fn of(ip: &IpAddr) -> Family {
         match ip {
             IpAddr::V4(_) => Family::V4,
