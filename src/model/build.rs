@@ -424,6 +424,11 @@ fn service_ports(
             load_balancer_source_ranges: load_balancer_source_ranges.clone(),
             external_policy_local: spec.external_policy_local,
             internal_policy_local: spec.internal_policy_local,
+            health_check_node_port: spec
+                .health_check_node_port
+                .filter(|_| spec.external_policy_local)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
             affinity_timeout,
             endpoints: vec![],
         });

@@ -51,6 +51,9 @@ pub struct ServicePort {
     pub load_balancer_source_ranges: Vec<IpNet>,
     pub external_policy_local: bool,
     pub internal_policy_local: bool,
+    /// The port load balancers probe this node's endpoints of the Service on (set with
+    /// `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
     /// ClientIP session affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// Deduplicated, sorted by `IP:port` as upstream does.
@@ -144,6 +147,7 @@ pub(crate) mod fixtures {
             load_balancer_source_ranges: vec![],
             external_policy_local: false,
             internal_policy_local: false,
+            health_check_node_port: None,
             affinity_timeout: None,
             endpoints,
         }

@@ -178,6 +178,8 @@ pub struct ServiceSpec {
     pub external_policy_local: bool,
     /// `internalTrafficPolicy: Local`.
     pub internal_policy_local: bool,
+    /// `healthCheckNodePort` (with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<i32>,
     pub ports: Box<[ServicePort]>,
 }
 
@@ -311,6 +313,7 @@ macro_rules! conversions {
                         .and_then(|c| c.timeout_seconds),
                     external_policy_local: s.external_traffic_policy.as_deref() == Some("Local"),
                     internal_policy_local: s.internal_traffic_policy.as_deref() == Some("Local"),
+                    health_check_node_port: s.health_check_node_port,
                     ports: s
                         .ports
                         .into_iter()
@@ -552,6 +555,7 @@ pub mod api {
         pub session_affinity: Option<String>,
         pub session_affinity_config: Option<SessionAffinityConfig>,
         pub external_traffic_policy: Option<String>,
+        pub health_check_node_port: Option<i32>,
         pub internal_traffic_policy: Option<String>,
         pub ports: Option<Vec<ServicePort>>,
     }
