@@ -16,7 +16,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -1242,4 +1242,125 @@ fn flushed_ruleset_is_restored_without_any_api_change() {
     let after = wait_converged(node, &s.api, true, SYNC);
     assert_eq!(before, after, "the restored ruleset differs");
     wait_served_by(&s.client, SVC_IP, 80, "a", Duration::from_secs(2));
+}
+
+// ---------------------------------------------------------------------------
+// operating it like kube-proxy: metrics, health, healthCheckNodePort
+// ---------------------------------------------------------------------------
+
+/// `GET path` from inside `ns`: (status, body), or the connection error.
+fn http_get(ns: &Netns, addr: &str, path: &str) -> io::Result<(u16, String)> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let path = path.to_string();
+    ns.run_in(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Ok((status, body))
+    })
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text exposition.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (n, v) = l.rsplit_once(' ')?;
+        (n == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+#[test]
+fn metrics_health_and_health_check_node_ports() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    // A short sync period makes the health timeout (2 x sync period, as upstream) 4 s.
+    let mut agent = Agent::start("operate", node, &s.api, &["--sync-period=2s"]);
+    agent.wait_syncs(1, SYNC);
+    wait_for("/healthz 200 after the first sync", SYNC, || {
+        matches!(http_get(node, "127.0.0.1:10256", "/healthz"), Ok((200, _)))
+    });
+    let (_, body) = http_get(node, "127.0.0.1:10256", "/healthz").unwrap();
+    assert!(body.contains("\"nodeEligible\":true"), "{body}");
+    assert!(body.contains("\"lastUpdated\""), "{body}");
+    let (code, metrics) = http_get(node, "127.0.0.1:10249", "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let count = metrics
+        .lines()
+        .find(|l| l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count"))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no sync histogram:\n{metrics}"));
+    assert!(
+        count >= 1.0 && count <= agent.syncs().len() as f64 + 1.0,
+        "{count} syncs observed, {} logged",
+        agent.syncs().len()
+    );
+    assert!(sample(&metrics, "process_start_time_seconds").is_some());
+
+    // An externalTrafficPolicy: Local Service with one endpoint on this node.
+    let mut svc = service("local", SVC_IP, "TCP", 80, 8080);
+    svc["spec"]["type"] = json!("NodePort");
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    svc["spec"]["healthCheckNodePort"] = json!(32100);
+    svc["spec"]["ports"][0]["nodePort"] = json!(30100);
+    s.api.apply(&svc);
+    s.api.apply(&slice("local", "TCP", 8080, &[POD_A]));
+    wait_for(
+        "healthCheckNodePort 200 with one local endpoint",
+        SYNC,
+        || matches!(http_get(node, "127.0.0.1:32100", "/"), Ok((200, b)) if b.contains("\"localEndpoints\": 1")),
+    );
+    s.api.apply(&slice("local", "TCP", 8080, &[]));
+    wait_for(
+        "healthCheckNodePort 503 without local endpoints",
+        SYNC,
+        || matches!(http_get(node, "127.0.0.1:32100", "/"), Ok((503, _))),
+    );
+    s.api.delete("Service", "default", "local");
+    wait_for("healthCheckNodePort closed with the Service", SYNC, || {
+        http_get(node, "127.0.0.1:32100", "/").is_err()
+    });
+
+    // The kernel refuses every batch: another program owns our table (deleted behind the
+    // agent's back and taken over before it re-creates it).
+    node.exec_ok(["nft", "delete", "table", "ip", "kube-nftproxy"]);
+    let holder = node
+        .hold_owned_table("ip", "kube-nftproxy")
+        .expect("hold ip kube-nftproxy");
+    apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
+    wait_for(
+        "/healthz 503 while syncs fail",
+        Duration::from_secs(15),
+        || matches!(http_get(node, "127.0.0.1:10256", "/healthz"), Ok((503, _))),
+    );
+    assert!(
+        matches!(http_get(node, "127.0.0.1:10256", "/livez"), Ok((503, _))),
+        "livez follows proxy health as upstream's does"
+    );
+    let (_, metrics) = http_get(node, "127.0.0.1:10249", "/metrics").unwrap();
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("kubeproxy_sync_proxy_rules_nftables_sync_failures_total"))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(failures >= 1.0, "no sync failure counted:\n{metrics}");
+    drop(holder);
+    wait_for("/healthz 200 once syncs succeed again", SYNC, || {
+        matches!(http_get(node, "127.0.0.1:10256", "/healthz"), Ok((200, _)))
+    });
+    wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
 }

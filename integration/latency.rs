@@ -178,6 +178,7 @@ fn measure(services: usize) {
             opts,
             timing,
             sink,
+            kube_nftproxy::agent::observe::Observe::default(),
             async {
                 let _ = stop_rx.await;
             },

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::agent::desired::Desired;
+use crate::agent::observe::Observe;
 use crate::agent::watch::{Changes, Stores};
 use crate::model::options::Options;
 use crate::model::Model;
@@ -79,6 +80,7 @@ pub async fn run<S, F>(
     opts: Options,
     timing: Timing,
     mut sink: S,
+    mut observe: Observe,
     shutdown: F,
     mut on_sync: impl FnMut(&SyncReport),
 ) where
@@ -112,7 +114,10 @@ pub async fn run<S, F>(
             verify.tick().await;
             loop {
                 tokio::select! {
-                    _ = changes.wait() => break,
+                    _ = changes.wait() => {
+                        observe.queued();
+                        break;
+                    }
                     _ = tokio::time::sleep_until(full_due) => {
                         force_full = true;
                         break;
@@ -149,9 +154,7 @@ pub async fn run<S, F>(
         dirty.all |= full;
         let snapshot = stores.refresh(&mut objects, &dirty);
         let update = desired.update(snapshot, full);
-        for n in &update.notes {
-            tracing::debug!("{n}");
-        }
+        observe.notes(&update.notes, update.full);
         let full = update.full;
         let tx = &update.tx;
         let result = if tx.is_empty() {
@@ -185,7 +188,11 @@ pub async fn run<S, F>(
                     services = desired.services(),
                     "sync complete"
                 );
+                observe.synced(full, report.elapsed, report.ops, &report.latencies);
                 on_sync(&report);
+                observe
+                    .services(&desired.model_where(|sp| sp.health_check_node_port.is_some()))
+                    .await;
                 synced = true;
                 if full {
                     last_full = done;
@@ -196,6 +203,7 @@ pub async fn run<S, F>(
             Err(e) => {
                 // The kernel refused the whole batch, so the old rules still serve. The
                 // next attempt is a full sync: our idea of the kernel may be wrong.
+                observe.failed(full, started.elapsed());
                 let wait = backoff.map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX));
                 tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync failed");
                 backoff = Some(wait);

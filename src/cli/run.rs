@@ -1,6 +1,7 @@
 //! `run`: the node agent. Resolves the flags and the config file, connects to the API
 //! server, and hands the watches to the sync loop until SIGTERM.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +10,16 @@ use anyhow::{Context, Result};
 
 use super::config;
 use super::DryRunMode;
+use crate::agent::health::{health_timeout_for, serve_health, ProxyHealth};
+use crate::agent::metrics::{serve_metrics, Metrics};
+use crate::agent::observe::Observe;
 use crate::agent::reconcile::{self, DryRun, Timing};
+use crate::agent::service_health::ServiceHealthServer;
 use crate::agent::sink::KernelSink;
 use crate::agent::watch::{self, Changes, EndpointsApi};
+use crate::agent::HttpServer;
 use crate::model::Options;
+use crate::vocab::Family;
 
 /// The agent is long-running and its few threads take turns building and freeing large
 /// structures; glibc gives each thread its own arena and keeps what one freed away from the
@@ -74,12 +81,26 @@ pub fn main(a: RunArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let file = resolved.file.as_ref();
+    let servers = Servers {
+        metrics: bind_address(
+            "metricsBindAddress",
+            file.and_then(|f| f.metrics_bind_address.as_deref()),
+            DEFAULT_METRICS,
+        )?,
+        healthz: bind_address(
+            "healthzBindAddress",
+            file.and_then(|f| f.healthz_bind_address.as_deref()),
+            DEFAULT_HEALTHZ,
+        )?,
+    };
     rt.block_on(agent(
         resolved.options,
         timing,
         kubeconfig,
         a.dry_run,
         a.endpoints_api,
+        servers,
     ))
 }
 
@@ -97,6 +118,78 @@ async fn client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
             .context("no kubeconfig: not in a cluster, and neither --kubeconfig nor KUBECONFIG")?,
     };
     Ok(kube::Client::try_from(config)?)
+}
+
+/// kube-proxy's `metricsBindAddress` default.
+const DEFAULT_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10249);
+/// kube-proxy's `healthzBindAddress` default.
+const DEFAULT_HEALTHZ: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 10256);
+
+/// Where the agent's HTTP servers listen; `None` is disabled.
+struct Servers {
+    metrics: Option<SocketAddr>,
+    healthz: Option<SocketAddr>,
+}
+
+/// A kube-proxy bind address: `IP:PORT`, or a bare IP (the default port); unset or empty
+/// means the default; port 0 disables the server.
+fn bind_address(
+    field: &str,
+    value: Option<&str>,
+    default: SocketAddr,
+) -> Result<Option<SocketAddr>> {
+    let value = value.map(str::trim).unwrap_or("");
+    let addr = if value.is_empty() {
+        default
+    } else if let Ok(a) = value.parse::<SocketAddr>() {
+        a
+    } else if let Ok(ip) = value
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+    {
+        SocketAddr::new(ip, default.port())
+    } else {
+        anyhow::bail!("{field}: invalid value {value:?}: want IP:PORT");
+    };
+    Ok((addr.port() != 0).then_some(addr))
+}
+
+/// Starts the metrics and health servers; a port that cannot be bound is logged, and the
+/// agent runs on without that server (as kube-proxy logs and retries).
+async fn start_servers(
+    servers: &Servers,
+    observe: &mut Observe,
+    sync_period: Duration,
+) -> Vec<HttpServer> {
+    let mut running = Vec::new();
+    let metrics = Arc::new(Metrics::new(&observe.families));
+    let health = Arc::new(ProxyHealth::new(health_timeout_for(sync_period)));
+    if let Some(addr) = servers.metrics {
+        match serve_metrics(addr, metrics.clone()).await {
+            Ok(s) => {
+                tracing::info!(addr = %s.local_addr(), "serving /metrics");
+                running.push(s);
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "cannot serve metrics"),
+        }
+    }
+    if let Some(addr) = servers.healthz {
+        match serve_health(addr, health.clone(), Some(metrics.clone())).await {
+            Ok(s) => {
+                tracing::info!(addr = %s.local_addr(), "serving /healthz and /livez");
+                running.push(s);
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "cannot serve health checks"),
+        }
+    }
+    observe.service_health = Some(Arc::new(ServiceHealthServer::new(
+        Vec::new(),
+        health.clone(),
+        Some(metrics.clone()),
+    )));
+    observe.metrics = Some(metrics);
+    observe.health = Some(health);
+    running
 }
 
 /// SIGTERM or SIGINT: stop watching and exit, leaving the rules in place as kube-proxy does.
@@ -122,7 +215,14 @@ async fn agent(
     kubeconfig: Option<PathBuf>,
     dry_run: Option<DryRunMode>,
     endpoints_api: EndpointsApi,
+    servers: Servers,
 ) -> Result<()> {
+    let mut observe = Observe::new(vec![Family::V4, Family::V6]);
+    // A preview beside a running kube-proxy must not take its ports.
+    let _servers = match dry_run {
+        Some(_) => Vec::new(),
+        None => start_servers(&servers, &mut observe, timing.sync_period).await,
+    };
     let client = client(kubeconfig).await?;
     let changes = Arc::new(Changes::default());
     let stores = watch::start(&client, &opts.hostname, endpoints_api, changes.clone()).await;
@@ -147,6 +247,7 @@ async fn agent(
         opts,
         timing,
         sink,
+        observe,
         shutdown_signal(),
         log_sync,
     )

@@ -1,0 +1,153 @@
+//! What the sync loop tells operators: metrics, the proxier health state, the
+//! healthCheckNodePort servers, and warnings about skipped objects. The loop calls these
+//! hooks at the points kube-proxy's proxier calls its own (change queued, sync done, sync
+//! failed); everything here is optional, so tests and `--dry-run` can run without it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::health::ProxyHealth;
+use super::metrics::{Metrics, SyncKind, TrafficPolicy};
+use super::service_health::{NamespacedName, ServiceHealthServer};
+use crate::model::Model;
+use crate::vocab::{Family, Note};
+
+#[derive(Default)]
+pub struct Observe {
+    pub metrics: Option<Arc<Metrics>>,
+    pub health: Option<Arc<ProxyHealth>>,
+    pub service_health: Option<Arc<ServiceHealthServer>>,
+    /// The families this node proxies (health is tracked per family, as upstream).
+    pub families: Vec<Family>,
+    /// Notes already logged, by object: a note is logged at warn when it first appears
+    /// and again only when its reason changes.
+    logged: BTreeMap<String, String>,
+}
+
+impl Observe {
+    pub fn new(families: Vec<Family>) -> Observe {
+        Observe {
+            families,
+            ..Default::default()
+        }
+    }
+
+    /// A change arrived that the next sync will program.
+    pub fn queued(&self) {
+        if let Some(h) = &self.health {
+            for f in &self.families {
+                h.queued_update(*f);
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.mark_queued();
+        }
+    }
+
+    /// A sync was applied. `latencies` run from each change's arrival to the apply.
+    pub fn synced(&self, full: bool, elapsed: Duration, ops: usize, latencies: &[Duration]) {
+        if let Some(m) = &self.metrics {
+            m.observe_sync(kind(full), elapsed, true);
+            m.set_transaction_messages(ops);
+            m.set_pending(0, 0);
+            m.inc_changes(0, latencies.len() as u64);
+            for f in &self.families {
+                for l in latencies {
+                    m.observe_network_programming(*f, *l);
+                }
+            }
+        }
+        if let Some(h) = &self.health {
+            for f in &self.families {
+                h.updated(*f);
+            }
+        }
+    }
+
+    /// The kernel refused a sync; the previous rules keep serving.
+    pub fn failed(&self, full: bool, elapsed: Duration) {
+        if let Some(m) = &self.metrics {
+            m.observe_sync(kind(full), elapsed, false);
+        }
+    }
+
+    /// Logs each new or changed note at warn (once, not every sync) and forgets notes that
+    /// went away; the metrics count the current notes.
+    pub fn notes(&mut self, notes: &[Note], complete: bool) {
+        let mut seen = BTreeMap::new();
+        for n in notes {
+            if self.logged.get(&n.object) != Some(&n.reason) {
+                tracing::warn!(object = %n.object, reason = %n.reason, "{n}");
+            }
+            seen.insert(n.object.clone(), n.reason.clone());
+        }
+        if complete {
+            self.logged = seen;
+        } else {
+            self.logged.extend(seen);
+        }
+        if let Some(m) = &self.metrics {
+            m.set_notes([("skipped-or-reduced", self.logged.len())]);
+        }
+    }
+
+    /// After a sync: the healthCheckNodePort servers follow the Services with
+    /// `externalTrafficPolicy: Local`, and report their local endpoints.
+    pub async fn services(&self, model: &Model) {
+        let (ports, local) = health_check_ports(model);
+        if let Some(m) = &self.metrics {
+            for f in &self.families {
+                let missing = model
+                    .services
+                    .iter()
+                    .filter(|sp| sp.external_policy_local && sp.health_check_node_port.is_some())
+                    .filter(|sp| !sp.endpoints.iter().any(|e| e.local && e.ready))
+                    .filter(|sp| sp.cluster_ip(*f).is_some())
+                    .count();
+                m.set_no_local_endpoints(TrafficPolicy::External, *f, missing);
+            }
+        }
+        if let Some(s) = &self.service_health {
+            for e in s.sync_services(&ports).await {
+                tracing::error!(error = %e, "cannot serve a healthCheckNodePort");
+            }
+            s.sync_endpoints(&local);
+        }
+    }
+}
+
+fn kind(full: bool) -> SyncKind {
+    if full {
+        SyncKind::Full
+    } else {
+        SyncKind::Partial
+    }
+}
+
+/// The healthCheckNodePort of every `externalTrafficPolicy: Local` Service, and how many
+/// ready endpoints it has on this node (counted once per endpoint address, as upstream
+/// counts a Service's local endpoints).
+pub fn health_check_ports(
+    model: &Model,
+) -> (HashMap<NamespacedName, u16>, HashMap<NamespacedName, usize>) {
+    let mut ports = HashMap::new();
+    let mut local: HashMap<NamespacedName, std::collections::BTreeSet<std::net::IpAddr>> =
+        HashMap::new();
+    for sp in &model.services {
+        let Some(port) = sp.health_check_node_port else {
+            continue;
+        };
+        let name = NamespacedName::new(sp.namespace.clone(), sp.name.clone());
+        ports.insert(name.clone(), port);
+        let ips = local.entry(name).or_default();
+        ips.extend(
+            sp.endpoints
+                .iter()
+                .filter(|e| e.local && e.ready)
+                .map(|e| e.ip),
+        );
+    }
+    let counts = local.into_iter().map(|(k, v)| (k, v.len())).collect();
+    (ports, counts)
+}
