@@ -74,6 +74,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Runs until `shutdown` resolves. Nothing is sent before every store has its first full
 /// list; the first sync replaces whatever tables a previous run left, atomically.
+// The loop's inputs are independent parts (watches, settings, kernel, operators, stop
+// signal, benchmark hook); a struct around them would only rename the parameters.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S, F>(
     stores: Stores,
     changes: Arc<Changes>,
