@@ -11,12 +11,10 @@ pub mod run;
 pub mod synthetic;
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::agent::watch::EndpointsApi;
 use crate::nft::text;
 use config::RenderArgs;
 
@@ -58,31 +56,7 @@ pub enum Command {
     /// Remove kube-nftproxy's tables (ip and ip6 kube-nftproxy) and nothing else.
     Cleanup,
     /// Run as the node agent: watch the API server and keep the kernel in step.
-    Run {
-        #[command(flatten)]
-        args: RenderArgs,
-        /// Kubeconfig file; default: in-cluster service account, then $KUBECONFIG, then
-        /// ~/.kube/config.
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        /// Touch no kernel; print what each sync would apply (`--dry-run=full`: the whole
-        /// ruleset).
-        #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "diff")]
-        dry_run: Option<DryRunMode>,
-        /// Which API carries endpoints.
-        #[arg(long, value_enum, default_value = "auto")]
-        endpoints_api: EndpointsApi,
-        /// At most one sync per this period (Go duration, e.g. 1s, 500ms, 0).
-        #[arg(long)]
-        min_sync_period: Option<String>,
-        /// A full sync at least this often (Go duration; default 1h).
-        #[arg(long)]
-        sync_period: Option<String>,
-        /// How often to check that our tables still exist in the kernel; a missing table
-        /// (e.g. after `nft flush ruleset`) is re-created at once by a full sync.
-        #[arg(long, default_value = "10s")]
-        verify_period: String,
-    },
+    Run(run::RunArgs),
     /// Measure render, cold start (netlink vs nft -f) and one-endpoint partial syncs on
     /// generated clusters, inside a private network namespace it creates for itself.
     Bench {
@@ -133,23 +107,7 @@ pub fn main(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Run {
-            args,
-            kubeconfig,
-            dry_run,
-            endpoints_api,
-            min_sync_period,
-            sync_period,
-            verify_period,
-        } => run::main(run::RunArgs {
-            args,
-            kubeconfig,
-            dry_run,
-            endpoints_api,
-            min_sync_period,
-            sync_period,
-            verify_period,
-        }),
+        Command::Run(args) => run::main(args),
         Command::Bench {
             services,
             endpoints,

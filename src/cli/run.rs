@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::config;
+use super::config::{self, RenderArgs};
 use super::DryRunMode;
 use crate::agent::health::{health_timeout_for, serve_health, ProxyHealth};
 use crate::agent::metrics::{serve_metrics, Metrics};
@@ -34,13 +34,30 @@ fn limit_malloc_arenas() {
 }
 
 /// The `run` subcommand's flags.
+#[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    pub args: config::RenderArgs,
+    #[command(flatten)]
+    pub args: RenderArgs,
+    /// Kubeconfig file; default: in-cluster service account, then $KUBECONFIG, then
+    /// ~/.kube/config.
+    #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Touch no kernel; print what each sync would apply (`--dry-run=full`: the whole
+    /// ruleset).
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "diff")]
     pub dry_run: Option<DryRunMode>,
+    /// Which API carries endpoints.
+    #[arg(long, value_enum, default_value = "auto")]
     pub endpoints_api: EndpointsApi,
+    /// At most one sync per this period (Go duration, e.g. 1s, 500ms, 0).
+    #[arg(long)]
     pub min_sync_period: Option<String>,
+    /// A full sync at least this often (Go duration; default 1h).
+    #[arg(long)]
     pub sync_period: Option<String>,
+    /// How often to check that our tables still exist in the kernel; a missing table
+    /// (e.g. after `nft flush ruleset`) is re-created at once by a full sync.
+    #[arg(long, default_value = "10s")]
     pub verify_period: String,
 }
 

@@ -68,7 +68,7 @@ pub enum ConfigError {
 /// Sync timing (`nftables.syncPeriod`, `nftables.minSyncPeriod`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncSettings {
-    /// How often a full resync happens (default 30s).
+    /// How often a full resync happens (default 1h).
     pub sync_period: Duration,
     /// Minimum time between syncs (default 1s).
     pub min_sync_period: Duration,

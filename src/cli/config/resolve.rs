@@ -15,7 +15,7 @@ pub fn resolve(args: &RenderArgs) -> Result<Options, ConfigError> {
     resolve_all(args).map(|r| r.options)
 }
 
-/// The sync timing from the `--config` file (defaults 30s / 1s). Validates everything
+/// The sync timing from the `--config` file (defaults 1h / 1s). Validates everything
 /// [`resolve`] validates; prefer [`resolve_all`] when both are needed.
 pub fn resolve_sync(args: &RenderArgs) -> Result<SyncSettings, ConfigError> {
     resolve_all(args).map(|r| r.sync)
