@@ -161,6 +161,22 @@ pub enum Command {
     },
 }
 
+/// `--cleanup`, `--write-config-to` and `--init-only` are kube-proxy's ways of not
+/// running; they mean nothing to `render` and `apply`, so they are refused there.
+fn only_with_run(args: &RenderArgs) -> Result<()> {
+    let k = &args.kube;
+    for (given, flag) in [
+        (k.cleanup.is_some(), "--cleanup"),
+        (k.write_config_to.is_some(), "--write-config-to"),
+        (k.init_only.is_some(), "--init-only"),
+    ] {
+        if given {
+            anyhow::bail!("{flag} applies to `run` (or no subcommand), not to render/apply");
+        }
+    }
+    Ok(())
+}
+
 /// `cleanup` and `--cleanup`: remove our tables (and only ours).
 fn cleanup() -> Result<()> {
     let removed = apply::cleanup()?;
@@ -179,12 +195,14 @@ fn cleanup() -> Result<()> {
 pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Render { args, files } => {
+            only_with_run(&args)?;
             let script = text::script(&render::desired(&args, &files)?);
             let mut out = std::io::stdout().lock();
             out.write_all(script.as_bytes())?;
             Ok(out.flush()?)
         }
         Command::Apply { args, files } => {
+            only_with_run(&args)?;
             let rs = render::desired(&args, &files)?;
             let done = apply::apply(&rs).context("applying the ruleset")?;
             print!("{}", text::describe(&done.transaction));

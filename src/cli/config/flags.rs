@@ -162,6 +162,14 @@ pub struct KubeProxyFlags {
           require_equals = true, default_missing_value = "true")]
     pub init_only: Option<bool>,
 
+    /// The nftables sync period, under its iptables-mode name (upstream applies it in
+    /// every mode but ipvs).
+    #[arg(long = "iptables-sync-period", value_name = "DURATION")]
+    pub iptables_sync_period: Option<String>,
+    /// The nftables minimum sync period, under its iptables-mode name.
+    #[arg(long = "iptables-min-sync-period", value_name = "DURATION")]
+    pub iptables_min_sync_period: Option<String>,
+
     /// kube-proxy flags that take a value and have no meaning here.
     #[command(flatten)]
     pub inapplicable: InapplicableFlags,
@@ -198,8 +206,6 @@ inapplicable_flags!(
     InapplicableFlags,
     (allow_hyphen_values = true),
     iptables_masquerade_bit = "iptables-masquerade-bit",
-    iptables_min_sync_period = "iptables-min-sync-period",
-    iptables_sync_period = "iptables-sync-period",
     ipvs_exclude_cidrs = "ipvs-exclude-cidrs",
     ipvs_min_sync_period = "ipvs-min-sync-period",
     ipvs_scheduler = "ipvs-scheduler",

@@ -800,6 +800,11 @@ fn given_flags_upstream_ignores(args: &RenderArgs) -> Vec<&'static str> {
     check(f.kube_api_burst.is_some(), "--kube-api-burst");
     check(f.kubeconfig.is_some(), "--kubeconfig");
     check(f.config_sync_period.is_some(), "--config-sync-period");
+    check(f.iptables_sync_period.is_some(), "--iptables-sync-period");
+    check(
+        f.iptables_min_sync_period.is_some(),
+        "--iptables-min-sync-period",
+    );
     out
 }
 

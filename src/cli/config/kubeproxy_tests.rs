@@ -435,13 +435,13 @@ fn each_honoured_field_changes_the_resolved_value() {
         (
             "nftables.syncPeriod",
             "nftables:\n  syncPeriod: 2h\n",
-            &[],
+            &["--iptables-sync-period=2h"],
             |a, b| a.sync.sync_period != b.sync.sync_period,
         ),
         (
             "nftables.minSyncPeriod",
             "nftables:\n  minSyncPeriod: 5s\n",
-            &[],
+            &["--iptables-min-sync-period=5s"],
             |a, b| a.sync.min_sync_period != b.sync.min_sync_period,
         ),
         (
@@ -564,7 +564,7 @@ fn inapplicable_fields_give_one_warning_each() {
 #[test]
 fn inapplicable_flags_are_accepted_with_a_warning() {
     let r = resolve_all(&flags(&[
-        "--iptables-sync-period=30s",
+        "--ipvs-sync-period=30s",
         "--ipvs-scheduler",
         "rr",
         "--ipvs-strict-arp",
@@ -575,7 +575,10 @@ fn inapplicable_flags_are_accepted_with_a_warning() {
     ]))
     .expect("accepted");
     assert_eq!(r.warnings.len(), 7, "{:?}", r.warnings);
-    assert!(r.warnings[0].contains("--iptables-sync-period=30s is not applicable in nftables mode"));
+    assert!(r
+        .warnings
+        .iter()
+        .any(|w| w.contains("--ipvs-sync-period=30s is not applicable in nftables mode")));
 }
 
 #[test]

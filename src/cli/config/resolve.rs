@@ -118,7 +118,39 @@ pub fn resolve_all(args: &RenderArgs) -> Result<Resolved, ConfigError> {
         ));
     }
 
-    let sync = resolve_sync_settings(&nft, path)?;
+    let mut sync = resolve_sync_settings(&nft, path)?;
+    // Upstream applies --iptables-(min-)sync-period in every mode but ipvs.
+    let flag_period = |flag: &Option<String>, name: &str| -> Result<_, ConfigError> {
+        flag.as_deref()
+            .map(|v| parse_go_duration(v).map_err(|r| invalid(name, v, &r)))
+            .transpose()
+    };
+    if let Some(d) = flag_period(&args.kube.iptables_sync_period, "--iptables-sync-period")? {
+        if d.is_zero() {
+            return Err(invalid(
+                "--iptables-sync-period",
+                "0",
+                "must be greater than 0",
+            ));
+        }
+        sync.sync_period = d;
+    }
+    if let Some(d) = flag_period(
+        &args.kube.iptables_min_sync_period,
+        "--iptables-min-sync-period",
+    )? {
+        sync.min_sync_period = d;
+    }
+    if sync.min_sync_period > sync.sync_period {
+        return Err(invalid(
+            "--iptables-min-sync-period",
+            &format_duration(sync.min_sync_period),
+            &format!(
+                "must not be longer than the sync period ({})",
+                format_duration(sync.sync_period)
+            ),
+        ));
+    }
 
     let options = Options {
         hostname,
