@@ -16,6 +16,7 @@ pub mod health;
 mod http;
 pub mod metrics;
 pub mod migrate;
+pub mod node;
 pub mod observe;
 pub mod reconcile;
 pub mod service_health;

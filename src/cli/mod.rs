@@ -15,15 +15,16 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::agent::watch::EndpointsApi;
 use crate::nft::text;
 use config::RenderArgs;
 
 /// A kube-proxy replacement that programs nftables.
 #[derive(Parser, Debug)]
-#[command(name = "kube-nftproxy", version, about)]
+#[command(name = "kube-nftproxy", version, about, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -32,6 +33,81 @@ pub enum DryRunMode {
     Diff,
     /// Print the whole ruleset after each sync.
     Full,
+}
+
+/// The `run` flags: kube-proxy's own (in [`RenderArgs`]) plus kube-nftproxy's.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunFlags {
+    #[command(flatten)]
+    pub args: RenderArgs,
+    /// Touch no kernel; print what each sync would apply (`--dry-run=full`: the whole
+    /// ruleset).
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "diff")]
+    pub dry_run: Option<DryRunMode>,
+    /// Which API carries endpoints.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub endpoints_api: EndpointsApi,
+    /// At most one sync per this period (Go duration, e.g. 1s, 500ms, 0).
+    #[arg(long)]
+    pub min_sync_period: Option<String>,
+    /// A full sync at least this often (Go duration; default 1h).
+    #[arg(long)]
+    pub sync_period: Option<String>,
+    /// How often to check that our tables still exist in the kernel; a missing table
+    /// (e.g. after `nft flush ruleset`) is re-created at once by a full sync.
+    #[arg(long, default_value = "10s")]
+    pub verify_period: String,
+    /// At startup, remove what kube-proxy left in the node's kernel (its `ip`/`ip6
+    /// kube-proxy` tables and `KUBE-*` iptables chains), exactly as `kube-proxy --cleanup`
+    /// does; `--cleanup-kube-proxy=false` leaves them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub cleanup_kube_proxy: bool,
+}
+
+/// kube-proxy's command line has no subcommand: when the first argument is absent or a
+/// flag (other than help and version), `run` is meant. Returns the arguments with `run`
+/// inserted where needed.
+pub fn with_default_subcommand<I, T>(argv: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString>,
+{
+    let mut argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    let first = argv.get(1).map(|a| a.to_string_lossy().into_owned());
+    let implicit_run = match first.as_deref() {
+        None => true,
+        Some("-h" | "--help" | "-V" | "--version") => false,
+        Some(a) => a.starts_with('-'),
+    };
+    if implicit_run {
+        argv.insert(1.min(argv.len()), "run".into());
+    }
+    argv
+}
+
+/// Parses the process's arguments, kube-proxy's no-subcommand form included.
+pub fn parse() -> Cli {
+    Cli::parse_from(with_default_subcommand(std::env::args_os()))
+}
+
+/// The log verbosity and format asked for, best effort, before logging starts: the
+/// flags, else the `--config` file's `logging` section (errors are reported later).
+pub fn log_settings(cli: &Cli) -> (Option<u8>, config::LogFormat) {
+    let (Command::Run { flags } | Command::Config { flags }) = &cli.command else {
+        return (None, config::LogFormat::Text);
+    };
+    match config::resolve_all(&flags.args) {
+        Ok(r) => (Some(r.verbosity), r.logging_format),
+        Err(_) => (
+            flags
+                .args
+                .kube
+                .v
+                .as_deref()
+                .and_then(|v| v.trim().parse().ok()),
+            config::LogFormat::Text,
+        ),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,8 +131,18 @@ pub enum Command {
     },
     /// Remove kube-nftproxy's tables (ip and ip6 kube-nftproxy) and nothing else.
     Cleanup,
-    /// Run as the node agent: watch the API server and keep the kernel in step.
-    Run(run::RunArgs),
+    /// Run as the node agent: watch the API server and keep the kernel in step. This is
+    /// also what the binary does when given no subcommand (kube-proxy's command line).
+    Run {
+        #[command(flatten)]
+        flags: RunFlags,
+    },
+    /// Print the effective configuration (defaults, then the --config file, then the flags)
+    /// as a KubeProxyConfiguration YAML; fails with the errors `run` would.
+    Config {
+        #[command(flatten)]
+        flags: RunFlags,
+    },
     /// Measure render, cold start (netlink vs nft -f) and one-endpoint partial syncs on
     /// generated clusters, inside a private network namespace it creates for itself.
     Bench {
@@ -80,34 +166,86 @@ pub enum Command {
     },
 }
 
+/// `--cleanup`, `--write-config-to` and `--init-only` are kube-proxy's ways of not
+/// running; they mean nothing to `render` and `apply`, so they are refused there.
+fn only_with_run(args: &RenderArgs) -> Result<()> {
+    let k = &args.kube;
+    for (given, flag) in [
+        (k.cleanup.is_some(), "--cleanup"),
+        (k.write_config_to.is_some(), "--write-config-to"),
+        (k.init_only.is_some(), "--init-only"),
+    ] {
+        if given {
+            anyhow::bail!("{flag} applies to `run` (or no subcommand), not to render/apply");
+        }
+    }
+    Ok(())
+}
+
+/// `cleanup` and `--cleanup`: remove our tables (and only ours).
+fn cleanup() -> Result<()> {
+    let removed = apply::cleanup()?;
+    println!(
+        "{}",
+        if removed {
+            "removed kube-nftproxy tables"
+        } else {
+            "no kube-nftproxy tables present"
+        }
+    );
+    Ok(())
+}
+
 /// Runs one subcommand to completion.
 pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Render { args, files } => {
+            only_with_run(&args)?;
             let script = text::script(&render::desired(&args, &files)?);
             let mut out = std::io::stdout().lock();
             out.write_all(script.as_bytes())?;
             Ok(out.flush()?)
         }
         Command::Apply { args, files } => {
+            only_with_run(&args)?;
             let rs = render::desired(&args, &files)?;
             let done = apply::apply(&rs).context("applying the ruleset")?;
             print!("{}", text::describe(&done.transaction));
             Ok(())
         }
-        Command::Cleanup => {
-            let removed = apply::cleanup()?;
-            println!(
-                "{}",
-                if removed {
-                    "removed kube-nftproxy tables"
-                } else {
-                    "no kube-nftproxy tables present"
+        Command::Cleanup => cleanup(),
+        Command::Run { flags } => {
+            let kube = &flags.args.kube;
+            if kube.cleanup.unwrap_or(false) {
+                // As kube-proxy --cleanup: check the configuration, clean up, exit.
+                config::resolve_all(&flags.args)?;
+                return cleanup();
+            }
+            if let Some(path) = &kube.write_config_to {
+                let r = config::resolve_all(&flags.args)?;
+                std::fs::write(path, config::effective_config_yaml(&r))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                return Ok(());
+            }
+            if kube.init_only.unwrap_or(false) {
+                let r = config::resolve_all(&flags.args)?;
+                for w in &r.warnings {
+                    tracing::warn!("{w}");
                 }
-            );
-            Ok(())
+                tracing::info!("--init-only: configuration checked; nothing to initialise");
+                return Ok(());
+            }
+            run::main(flags)
         }
-        Command::Run(args) => run::main(args),
+        Command::Config { flags } => {
+            let r = config::resolve_all(&flags.args)?;
+            for w in &r.warnings {
+                tracing::warn!("{w}");
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(config::effective_config_yaml(&r).as_bytes())?;
+            Ok(out.flush()?)
+        }
         Command::Bench {
             services,
             endpoints,

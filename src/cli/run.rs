@@ -1,17 +1,18 @@
 //! `run`: the node agent. Resolves the flags and the config file, connects to the API
 //! server, and hands the watches to the sync loop until SIGTERM.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::config::{self, RenderArgs};
-use super::DryRunMode;
+use super::config::{self, ClientSettings};
+use super::{DryRunMode, RunFlags};
 use crate::agent::health::{health_timeout_for, serve_health, ProxyHealth};
 use crate::agent::metrics::{serve_metrics, Metrics};
+use crate::agent::migrate;
+use crate::agent::node;
 use crate::agent::observe::Observe;
 use crate::agent::reconcile::{self, DryRun, Timing};
 use crate::agent::service_health::ServiceHealthServer;
@@ -33,38 +34,13 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// The `run` subcommand's flags.
-#[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub args: RenderArgs,
-    /// Kubeconfig file; default: in-cluster service account, then $KUBECONFIG, then
-    /// ~/.kube/config.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
-    /// Touch no kernel; print what each sync would apply (`--dry-run=full`: the whole
-    /// ruleset).
-    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "diff")]
-    pub dry_run: Option<DryRunMode>,
-    /// Which API carries endpoints.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub endpoints_api: EndpointsApi,
-    /// At most one sync per this period (Go duration, e.g. 1s, 500ms, 0).
-    #[arg(long)]
-    pub min_sync_period: Option<String>,
-    /// A full sync at least this often (Go duration; default 1h).
-    #[arg(long)]
-    pub sync_period: Option<String>,
-    /// How often to check that our tables still exist in the kernel; a missing table
-    /// (e.g. after `nft flush ruleset`) is re-created at once by a full sync.
-    #[arg(long, default_value = "10s")]
-    pub verify_period: String,
-}
-
 /// Resolves the flags and runs the agent until SIGTERM / SIGINT.
-pub fn main(a: RunArgs) -> Result<()> {
+pub fn main(a: RunFlags) -> Result<()> {
     limit_malloc_arenas();
     let resolved = config::resolve_all(&a.args)?;
+    for w in &resolved.warnings {
+        tracing::warn!("{w}");
+    }
     let duration = |flag: &str, v: Option<String>, default: Duration| -> Result<Duration> {
         match v {
             Some(s) => config::parse_go_duration(&s)
@@ -85,46 +61,65 @@ pub fn main(a: RunArgs) -> Result<()> {
             Duration::from_secs(10),
         )?,
     };
-    let kubeconfig = a.kubeconfig.or_else(|| {
-        resolved
-            .file
-            .as_ref()
-            .and_then(|f| f.client_connection.as_ref())
-            .and_then(|c| c.kubeconfig.clone())
-            .filter(|k| !k.is_empty())
-            .map(PathBuf::from)
-    });
+    let servers = Servers {
+        metrics: resolved.metrics_bind_address,
+        healthz: resolved.healthz_bind_address,
+    };
+    if a.dry_run.is_none() {
+        prepare_node(&resolved, a.cleanup_kube_proxy);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let file = resolved.file.as_ref();
-    let servers = Servers {
-        metrics: bind_address(
-            "metricsBindAddress",
-            file.and_then(|f| f.metrics_bind_address.as_deref()),
-            DEFAULT_METRICS,
-        )?,
-        healthz: bind_address(
-            "healthzBindAddress",
-            file.and_then(|f| f.healthz_bind_address.as_deref()),
-            DEFAULT_HEALTHZ,
-        )?,
-    };
     rt.block_on(agent(
         resolved.options,
         timing,
-        kubeconfig,
+        resolved.client,
         a.dry_run,
         a.endpoints_api,
         servers,
     ))
 }
 
-async fn client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
-    let config = match kubeconfig {
+/// What kube-proxy does to the node before it starts syncing: its OOM score, the conntrack
+/// sysctls, and (ours) removing what a kube-proxy left behind. Each failure is logged and
+/// the agent starts anyway, as kube-proxy does.
+fn prepare_node(resolved: &config::Resolved, cleanup_kube_proxy: bool) {
+    if let Some(score) = resolved.oom_score_adj {
+        if let Err(e) = node::set_oom_score_adj(score) {
+            tracing::warn!(score, error = %e, "cannot set oom_score_adj");
+        }
+    }
+    let c = &resolved.conntrack;
+    let limits = node::ConntrackLimits {
+        max_per_core: c.max_per_core,
+        min: c.min,
+        tcp_established: c.tcp_established,
+        tcp_close_wait: c.tcp_close_wait,
+        tcp_be_liberal: c.tcp_be_liberal,
+        udp_timeout: c.udp_timeout,
+        udp_stream_timeout: c.udp_stream_timeout,
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (sysctl, value, e) in node::apply_sysctls(&node::conntrack_sysctls(&limits, cpus)) {
+        tracing::warn!(sysctl, value, error = %e, "cannot set conntrack sysctl");
+    }
+    if cleanup_kube_proxy {
+        match migrate::remove_kube_proxy_leftovers() {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => tracing::info!("removed kube-proxy's leftovers: {removed}"),
+            Err(e) => tracing::warn!("removing kube-proxy's leftovers: {e}"),
+        }
+    }
+}
+
+/// The API client: `--kubeconfig` / `clientConnection.kubeconfig`, else in-cluster, else
+/// $KUBECONFIG or ~/.kube/config; `--master` overrides the server URL.
+async fn client(settings: &ClientSettings) -> Result<kube::Client> {
+    let mut config = match &settings.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(&path)
+            let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
@@ -134,41 +129,32 @@ async fn client(kubeconfig: Option<PathBuf>) -> Result<kube::Client> {
             .await
             .context("no kubeconfig: not in a cluster, and neither --kubeconfig nor KUBECONFIG")?,
     };
+    if let Some(master) = settings.master.as_deref().filter(|m| !m.is_empty()) {
+        config.cluster_url = master
+            .parse()
+            .with_context(|| format!("--master: invalid URL {master:?}"))?;
+    }
+    if settings.kubeconfig.is_none() && settings.master.is_none() {
+        if let Ok(host) = std::env::var("KUBERNETES_SERVICE_HOST") {
+            // kubeadm gives kube-proxy a kubeconfig for this reason: the `kubernetes`
+            // Service's ClusterIP is only reachable once a proxy has programmed it.
+            tracing::warn!(
+                server = %config.cluster_url,
+                service_host = %host,
+                "no kubeconfig: using the in-cluster address, the kubernetes Service IP, which \
+                 only a running proxy makes reachable; on a fresh node give a kubeconfig that \
+                 points at the control-plane endpoint (see deploy/)"
+            );
+        }
+    }
+    tracing::info!(server = %config.cluster_url, "API server");
     Ok(kube::Client::try_from(config)?)
 }
-
-/// kube-proxy's `metricsBindAddress` default.
-const DEFAULT_METRICS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 10249);
-/// kube-proxy's `healthzBindAddress` default.
-const DEFAULT_HEALTHZ: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 10256);
 
 /// Where the agent's HTTP servers listen; `None` is disabled.
 struct Servers {
     metrics: Option<SocketAddr>,
     healthz: Option<SocketAddr>,
-}
-
-/// A kube-proxy bind address: `IP:PORT`, or a bare IP (the default port); unset or empty
-/// means the default; port 0 disables the server.
-fn bind_address(
-    field: &str,
-    value: Option<&str>,
-    default: SocketAddr,
-) -> Result<Option<SocketAddr>> {
-    let value = value.map(str::trim).unwrap_or("");
-    let addr = if value.is_empty() {
-        default
-    } else if let Ok(a) = value.parse::<SocketAddr>() {
-        a
-    } else if let Ok(ip) = value
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse::<IpAddr>()
-    {
-        SocketAddr::new(ip, default.port())
-    } else {
-        anyhow::bail!("{field}: invalid value {value:?}: want IP:PORT");
-    };
-    Ok((addr.port() != 0).then_some(addr))
 }
 
 /// Starts the metrics and health servers; a port that cannot be bound is logged, and the
@@ -229,7 +215,7 @@ async fn shutdown_signal() {
 async fn agent(
     opts: Options,
     timing: Timing,
-    kubeconfig: Option<PathBuf>,
+    client_settings: ClientSettings,
     dry_run: Option<DryRunMode>,
     endpoints_api: EndpointsApi,
     servers: Servers,
@@ -240,7 +226,7 @@ async fn agent(
         Some(_) => Vec::new(),
         None => start_servers(&servers, &mut observe, timing.sync_period).await,
     };
-    let client = client(kubeconfig).await?;
+    let client = client(&client_settings).await?;
     let changes = Arc::new(Changes::default());
     let stores = watch::start(&client, &opts.hostname, endpoints_api, changes.clone()).await;
     let log_sync = |r: &reconcile::SyncReport| {

@@ -6,12 +6,16 @@
 
 mod file;
 mod flags;
+mod kubeproxy;
+#[cfg(test)]
+mod kubeproxy_tests;
 mod resolve;
 #[cfg(test)]
 mod tests;
 
 pub use file::*;
-pub use flags::RenderArgs;
+pub use flags::{InapplicableBoolFlags, InapplicableFlags, KubeProxyFlags, RenderArgs};
+pub use kubeproxy::*;
 pub use resolve::*;
 
 use std::path::PathBuf;
@@ -91,4 +95,28 @@ pub struct Resolved {
     /// The parsed `--config` file, if one was given (for fields not folded into
     /// `options`, e.g. `clientConnection.kubeconfig`, `healthzBindAddress`).
     pub file: Option<KubeProxyConfiguration>,
+    /// `metricsBindAddress` / `--metrics-bind-address` (default 127.0.0.1:10249);
+    /// `None`: disabled (the flag given empty, or port 0 / empty port).
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
+    /// `healthzBindAddress` / `--healthz-bind-address` (default 0.0.0.0:10256);
+    /// `None`: disabled.
+    pub healthz_bind_address: Option<std::net::SocketAddr>,
+    /// `conntrack.*` / `--conntrack-*`: the sysctls to set.
+    pub conntrack: ConntrackSettings,
+    /// `oomScoreAdj` / `--oom-score-adj` (default -999).
+    pub oom_score_adj: Option<i32>,
+    /// `logging.format` / `--logging-format`.
+    pub logging_format: LogFormat,
+    /// `logging.verbosity` / `--v`.
+    pub verbosity: u8,
+    /// `clientConnection.*`, `--kubeconfig`, `--master`, `--kube-api-*`.
+    pub client: ClientSettings,
+    /// `configSyncPeriod` / `--config-sync-period` (default 15m): informer resync.
+    pub config_sync_period: Duration,
+    /// `detectLocalMode`, `detectLocal.*`, `--detect-local-mode`, `--pod-*`.
+    pub detect_local: DetectLocal,
+    /// `featureGates` / `--feature-gates`, all known names.
+    pub feature_gates: std::collections::BTreeMap<String, bool>,
+    /// One line per setting that is accepted but not honoured; `run` logs each at warn.
+    pub warnings: Vec<String>,
 }

@@ -31,7 +31,8 @@ pub fn resolve_sync(args: &RenderArgs) -> Result<SyncSettings, ConfigError> {
 /// - cluster CIDRs: `--cluster-cidr`, else `clusterCIDR` (at most one per family).
 /// - NodePort addresses: `--nodeport-addresses`, else `nodePortAddresses`, else primary.
 /// - service CIDRs: `--service-cidr` only.
-/// - masquerade-all: `--masquerade-all` or `nftables.masqueradeAll`.
+/// - masquerade-all: `--masquerade-all[=BOOL]`, else `nftables.masqueradeAll`.
+/// - everything else kube-proxy has: see [`resolve_kube`] (flags over file over defaults).
 /// - masquerade bit / sync periods: `nftables.*` (the `iptables` and `ipvs` sections
 ///   are accepted but ignored).
 pub fn resolve_all(args: &RenderArgs) -> Result<Resolved, ConfigError> {
@@ -54,10 +55,17 @@ pub fn resolve_all(args: &RenderArgs) -> Result<Resolved, ConfigError> {
     let node_ips = if args.node_ips.iter().any(|s| !s.trim().is_empty()) {
         parse_node_ips(&args.node_ips, "--node-ip")?
     } else {
-        match cfg.bind_address.as_deref().map(str::trim) {
-            Some(addr) if !addr.is_empty() => {
+        let bind = match &args.kube.bind_address {
+            Some(flag) => Some((flag.as_str(), "--bind-address".to_string())),
+            None => cfg
+                .bind_address
+                .as_deref()
+                .map(|a| (a, field("bindAddress"))),
+        };
+        match bind.map(|(a, s)| (a.trim(), s)) {
+            Some((addr, setting)) if !addr.is_empty() => {
                 let ip = parse_ip_sloppy(addr)
-                    .ok_or_else(|| invalid(field("bindAddress"), addr, "not an IP address"))?;
+                    .ok_or_else(|| invalid(setting, addr, "not an IP address"))?;
                 if ip.is_unspecified() {
                     Vec::new()
                 } else {
@@ -100,17 +108,49 @@ pub fn resolve_all(args: &RenderArgs) -> Result<Resolved, ConfigError> {
         })?,
     };
 
-    if let Some(mode) = cfg.detect_local_mode.as_deref() {
-        if !mode.is_empty() && mode != "ClusterCIDR" {
-            tracing::warn!(
-                detect_local_mode = mode,
-                "detectLocalMode is not supported by kube-nftproxy; pod traffic is detected \
-                 with --cluster-cidr (ClusterCIDR mode)"
-            );
-        }
+    let kube = resolve_kube(args, cfg, path)?;
+    let mut warnings = kube.warnings;
+    if kube.detect_local.mode != DetectLocalMode::ClusterCidr {
+        warnings.push(format!(
+            "detectLocalMode {} is resolved but the ruleset still tells pod traffic by \
+             clusterCIDR only",
+            kube.detect_local.mode.as_str()
+        ));
     }
 
-    let sync = resolve_sync_settings(&nft, path)?;
+    let mut sync = resolve_sync_settings(&nft, path)?;
+    // Upstream applies --iptables-(min-)sync-period in every mode but ipvs.
+    let flag_period = |flag: &Option<String>, name: &str| -> Result<_, ConfigError> {
+        flag.as_deref()
+            .map(|v| parse_go_duration(v).map_err(|r| invalid(name, v, &r)))
+            .transpose()
+    };
+    if let Some(d) = flag_period(&args.kube.iptables_sync_period, "--iptables-sync-period")? {
+        if d.is_zero() {
+            return Err(invalid(
+                "--iptables-sync-period",
+                "0",
+                "must be greater than 0",
+            ));
+        }
+        sync.sync_period = d;
+    }
+    if let Some(d) = flag_period(
+        &args.kube.iptables_min_sync_period,
+        "--iptables-min-sync-period",
+    )? {
+        sync.min_sync_period = d;
+    }
+    if sync.min_sync_period > sync.sync_period {
+        return Err(invalid(
+            "--iptables-min-sync-period",
+            &format_duration(sync.min_sync_period),
+            &format!(
+                "must not be longer than the sync period ({})",
+                format_duration(sync.sync_period)
+            ),
+        ));
+    }
 
     let options = Options {
         hostname,
@@ -118,13 +158,24 @@ pub fn resolve_all(args: &RenderArgs) -> Result<Resolved, ConfigError> {
         cluster_cidrs,
         nodeport_addresses,
         service_cidrs,
-        masquerade_all: args.masquerade_all || nft.masquerade_all.unwrap_or(false),
+        masquerade_all: args.masquerade_all.or(nft.masquerade_all).unwrap_or(false),
         masquerade_bit,
     };
     Ok(Resolved {
         options,
         sync,
         file,
+        metrics_bind_address: kube.metrics_bind_address,
+        healthz_bind_address: kube.healthz_bind_address,
+        conntrack: kube.conntrack,
+        oom_score_adj: kube.oom_score_adj,
+        logging_format: kube.logging_format,
+        verbosity: kube.verbosity,
+        client: kube.client,
+        config_sync_period: kube.config_sync_period,
+        detect_local: kube.detect_local,
+        feature_gates: kube.feature_gates,
+        warnings,
     })
 }
 

@@ -147,7 +147,7 @@ fn flags_parse_and_resolve() {
     ]);
     assert_eq!(args.hostname_override.as_deref(), Some("n1"));
     assert_eq!(args.node_ips, vec!["10.0.0.5", "fd00::5"]);
-    assert!(args.masquerade_all);
+    assert_eq!(args.masquerade_all, Some(true));
     assert!(args.config.is_none());
 
     let opts = resolve(&args).expect("resolve");
@@ -251,7 +251,7 @@ detectLocal:
 detectLocalMode: \"\"
 enableProfiling: false
 featureGates:
-  SomeGate: true
+  AllAlpha: true
 healthzBindAddress: 0.0.0.0:10256
 hostnameOverride: Worker-7
 iptables:
@@ -332,7 +332,7 @@ winkernel:
     );
     assert_eq!(cfg.oom_score_adj, Some(-999));
     assert_eq!(
-        cfg.feature_gates.and_then(|g| g.get("SomeGate").copied()),
+        cfg.feature_gates.and_then(|g| g.get("AllAlpha").copied()),
         Some(true)
     );
 }
