@@ -1364,3 +1364,55 @@ fn metrics_health_and_health_check_node_ports() {
     });
     wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
 }
+
+// ---------------------------------------------------------------------------
+// NodePorts on the host's own addresses
+// ---------------------------------------------------------------------------
+
+/// With `--nodeport-addresses` CIDRs the agent serves NodePorts on every address of the
+/// node's interfaces inside them (not only the Node object's InternalIP), and follows the
+/// addresses as they change.
+#[test]
+fn nodeports_follow_the_host_addresses_in_the_cidrs() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    let client = s.cluster.client();
+    // Two addresses in two CIDRs; a third CIDR whose address comes later; .40 in none.
+    node.ip("addr add 192.168.0.20/24 dev eth0");
+    let mut agent = Agent::start(
+        "host-addresses",
+        node,
+        &s.api,
+        &["--nodeport-addresses=192.168.0.10/32,192.168.0.20/32,192.168.0.30/32"],
+    );
+    agent.wait_syncs(1, SYNC);
+    let mut svc = service("np", SVC_IP, "TCP", 80, 8080);
+    svc["spec"]["type"] = json!("NodePort");
+    svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+    s.api.apply(&svc);
+    s.api.apply(&slice("np", "TCP", 8080, &[POD_A]));
+    wait_served_by(client, "192.168.0.10", 30080, "a", SYNC);
+    wait_served_by(client, "192.168.0.20", 30080, "a", SYNC);
+
+    node.ip("addr add 192.168.0.30/24 dev eth0");
+    node.ip("addr add 192.168.0.40/24 dev eth0");
+    wait_served_by(client, "192.168.0.30", 30080, "a", SYNC);
+    assert!(
+        client
+            .tcp_request("192.168.0.40", 30080, Duration::from_millis(800))
+            .map(|r| server_of(&Ok(r)) != Some("a".into()))
+            .unwrap_or(true),
+        "192.168.0.40 is in none of the CIDRs and must not serve the NodePort"
+    );
+    let listing = listing(node);
+    for want in ["192.168.0.10", "192.168.0.20", "192.168.0.30"] {
+        assert!(
+            listing.contains(want),
+            "{want} missing from nodeport-ips:\n{listing}"
+        );
+    }
+    assert!(!listing.contains("192.168.0.40"), "{listing}");
+}

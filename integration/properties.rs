@@ -621,6 +621,7 @@ fn options() -> impl Strategy<Value = Options> {
             )| Options {
                 hostname: host.to_string(),
                 node_ips,
+                host_addresses: vec![],
                 cluster_cidrs,
                 nodeport_addresses,
                 service_cidrs,

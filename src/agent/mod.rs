@@ -10,6 +10,7 @@
 //! - [`service_health`]: [`service_health::ServiceHealthServer`], one listener per
 //!   `externalTrafficPolicy: Local` Service's `healthCheckNodePort`.
 
+pub mod addresses;
 pub mod conntrack;
 pub mod desired;
 pub mod health;

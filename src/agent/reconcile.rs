@@ -96,7 +96,8 @@ pub async fn run<S, F>(
         _ = &mut shutdown => return,
     }
     tracing::info!("caches synced; starting to program rules");
-    let mut desired = Desired::new(opts);
+    let mut opts = opts;
+    let mut desired = Desired::new(opts.clone());
     let mut synced = false;
     let mut force_full = true;
     // The caches as of the last sync, refreshed object by object (`Stores::refresh`).
@@ -148,6 +149,13 @@ pub async fn run<S, F>(
         let started = Instant::now();
         last_sync = Some(started);
         let arrivals = changes.take();
+        if let Some(addrs) = changes.take_host_addresses() {
+            // Which addresses take NodePorts depends on them: rebuild from scratch.
+            tracing::info!(addresses = ?addrs, "host addresses changed");
+            opts.host_addresses = addrs;
+            desired = Desired::new(opts.clone());
+            force_full = true;
+        }
         let span = tracing::info_span!("sync", full = force_full || !synced);
         let _guard = span.enter();
 

@@ -43,6 +43,8 @@ pub struct Changes {
     notify: Notify,
     pending: Mutex<Vec<Instant>>,
     dirty: Mutex<Dirty>,
+    /// The host's interface addresses, when they changed since the last sync.
+    host_addresses: Mutex<Option<Vec<std::net::IpAddr>>>,
 }
 
 /// Which objects changed since the last sync, so that it can refresh its copy of the caches
@@ -59,6 +61,19 @@ pub struct Dirty {
 const DIRTY_MAX: usize = 4096;
 
 impl Changes {
+    /// The host's addresses changed: the next sync rebuilds everything with them.
+    pub fn set_host_addresses(&self, addrs: Vec<std::net::IpAddr>) {
+        if let Ok(mut h) = self.host_addresses.lock() {
+            *h = Some(addrs);
+        }
+        self.mark();
+    }
+
+    /// The host's addresses, if they changed since the last call.
+    pub fn take_host_addresses(&self) -> Option<Vec<std::net::IpAddr>> {
+        self.host_addresses.lock().ok().and_then(|mut h| h.take())
+    }
+
     /// Something changed, but not one known object: the next sync reads every store.
     pub fn mark(&self) {
         if let Ok(mut d) = self.dirty.lock() {

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use super::config::{self, ClientSettings};
 use super::{DryRunMode, RunFlags};
+use crate::agent::addresses;
 use crate::agent::health::{health_timeout_for, serve_health, ProxyHealth};
 use crate::agent::metrics::{serve_metrics, Metrics};
 use crate::agent::migrate;
@@ -228,6 +229,27 @@ async fn agent(
     };
     let client = client(&client_settings).await?;
     let changes = Arc::new(Changes::default());
+    let mut opts = opts;
+    match addresses::host_addresses() {
+        Ok(a) => opts.host_addresses = a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the host's addresses; NodePorts use the node IPs")
+        }
+    }
+    {
+        let changes = changes.clone();
+        std::thread::Builder::new()
+            .name("host-addresses".into())
+            .spawn(move || {
+                let r = addresses::watch_host_addresses(|a| {
+                    changes.set_host_addresses(a);
+                    true
+                });
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "stopped watching the host's addresses");
+                }
+            })?;
+    }
     let stores = watch::start(&client, &opts.hostname, endpoints_api, changes.clone()).await;
     let log_sync = |r: &reconcile::SyncReport| {
         if let Some(max) = r.latencies.iter().max() {

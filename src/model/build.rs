@@ -115,6 +115,7 @@ pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Note>) 
         node_name: opts.hostname.clone(),
         node_zone,
         node_ips,
+        host_addresses: opts.host_addresses.clone(),
         families: families.into_iter().collect(),
         cluster_cidrs: opts.cluster_cidrs.clone(),
         service_cidrs,
@@ -655,6 +656,14 @@ pub fn nodeport_ips(m: &Model, f: Family) -> NodePortIps {
     match &m.nodeport_addresses {
         NodePortAddresses::Primary => NodePortIps::List(of_family.take(1).collect()),
         NodePortAddresses::Cidrs(cidrs) => {
+            // kube-proxy matches the CIDRs against the host's interface addresses; without
+            // them (render), the node IPs stand in.
+            let candidates = if m.host_addresses.is_empty() {
+                &m.node_ips
+            } else {
+                &m.host_addresses
+            };
+            let of_family = candidates.iter().copied().filter(|ip| Family::of(ip) == f);
             let fam: Vec<&IpNet> = cidrs.iter().filter(|c| net_family(c) == f).collect();
             if fam.is_empty() || fam.iter().any(|c| c.prefix_len() == 0) {
                 NodePortIps::AllLocal

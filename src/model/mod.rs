@@ -24,6 +24,8 @@ pub struct Model {
     pub node_zone: Option<String>,
     /// This node's IPs, primary first per family.
     pub node_ips: Vec<IpAddr>,
+    /// This host's interface addresses (see `Options::host_addresses`).
+    pub host_addresses: Vec<IpAddr>,
     /// IP families this node proxies; one table each.
     pub families: Vec<Family>,
     pub cluster_cidrs: Vec<IpNet>,

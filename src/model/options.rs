@@ -23,6 +23,10 @@ pub struct Options {
     pub hostname: String,
     /// `--node-ip`; empty means "take them from this node's Node object".
     pub node_ips: Vec<IpAddr>,
+    /// The addresses of this host's interfaces, which `--nodeport-addresses` CIDRs are
+    /// matched against as kube-proxy does. The agent reads them from the kernel; `render`
+    /// has none and matches the node IPs instead.
+    pub host_addresses: Vec<IpAddr>,
     /// `--cluster-cidr`: pod CIDRs used to tell pod traffic from outside traffic.
     pub cluster_cidrs: Vec<IpNet>,
     /// `--nodeport-addresses`.
@@ -40,6 +44,7 @@ impl Default for Options {
         Options {
             hostname: String::new(),
             node_ips: Vec::new(),
+            host_addresses: Vec::new(),
             cluster_cidrs: Vec::new(),
             nodeport_addresses: NodePortAddresses::Primary,
             service_cidrs: Vec::new(),

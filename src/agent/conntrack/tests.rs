@@ -22,6 +22,7 @@ fn model(services: Vec<ServicePort>) -> Model {
         node_name: "n".into(),
         node_zone: None,
         node_ips: vec![ip("192.168.0.1")],
+        host_addresses: vec![],
         families: vec![Family::V4, Family::V6],
         cluster_cidrs: vec![],
         service_cidrs: vec![],

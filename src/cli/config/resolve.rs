@@ -155,6 +155,7 @@ pub fn resolve_all(args: &RenderArgs) -> Result<Resolved, ConfigError> {
     let options = Options {
         hostname,
         node_ips,
+        host_addresses: Vec::new(),
         cluster_cidrs,
         nodeport_addresses,
         service_cidrs,
@@ -326,8 +327,9 @@ pub(super) fn parse_cluster_cidrs(value: &str, setting: &str) -> Result<Vec<IpNe
     Ok(cidrs)
 }
 
-/// `--node-ip`: addresses (entries may themselves be comma-separated), at most one per
-/// family, not 0.0.0.0 / ::.
+/// `--node-ip`: addresses (entries may themselves be comma-separated), not 0.0.0.0 / ::.
+/// The first of each family is the node's primary IP; all of them stand in for the host's
+/// addresses when `--nodeport-addresses` CIDRs are matched offline (`render`).
 pub(super) fn parse_node_ips(values: &[String], setting: &str) -> Result<Vec<IpAddr>, ConfigError> {
     let mut ips: Vec<IpAddr> = Vec::new();
     for entry in values.iter().flat_map(|v| v.split(',')) {
@@ -346,14 +348,6 @@ pub(super) fn parse_node_ips(values: &[String], setting: &str) -> Result<Vec<IpA
         }
         if ips.contains(&ip) {
             continue;
-        }
-        if ips.iter().any(|other| other.is_ipv4() == ip.is_ipv4()) {
-            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-            return Err(invalid(
-                setting,
-                &values.join(","),
-                &format!("more than one {family} address; give at most one IP per family"),
-            ));
         }
         ips.push(ip);
     }

@@ -75,6 +75,21 @@ fn err_text(args: &RenderArgs) -> String {
 }
 
 #[test]
+fn node_ip_takes_several_addresses_of_a_family_the_first_primary() {
+    let opts = resolve(&with_host(cli(&[
+        "--node-ip",
+        "10.0.0.1,192.168.5.1",
+        "--node-ip",
+        "fd00::5",
+    ])))
+    .expect("resolve");
+    assert_eq!(
+        opts.node_ips,
+        vec![ip("10.0.0.1"), ip("192.168.5.1"), ip("fd00::5")]
+    );
+}
+
+#[test]
 fn defaults() {
     let args = with_host(RenderArgs::default());
     let resolved = resolve_all(&args).expect("resolve");
@@ -462,7 +477,6 @@ fn bad_flag_values_name_the_flag() {
     let cases: &[(&[&str], &str, &str)] = &[
         (&["--node-ip", "10.0.0.300"], "--node-ip", "10.0.0.300"),
         (&["--node-ip", "0.0.0.0"], "--node-ip", "0.0.0.0"),
-        (&["--node-ip", "10.0.0.1,10.0.0.2"], "--node-ip", "IPv4"),
         (
             &["--cluster-cidr", "10.244.0.0"],
             "--cluster-cidr",
