@@ -175,16 +175,22 @@ fn strip_ansi(s: &str) -> String {
 
 impl Agent {
     fn start(name: &str, node: &Netns, api: &FakeApi, extra: &[&str]) -> Agent {
+        let mut args: Vec<String> = vec!["run".into(), "--kubeconfig".into()];
+        args.push(api.kubeconfig_file().to_string_lossy().into_owned());
+        args.extend(BASE_ARGS.iter().map(|a| a.to_string()));
+        args.push("--min-sync-period=0".into());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Agent::spawn(name, node, &args, &[])
+    }
+
+    /// The agent binary with exactly `args`, and `env` added.
+    fn spawn(name: &str, node: &Netns, args: &[String], env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new(name);
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
         let mut cmd = node.command(BIN);
-        cmd.arg("run")
-            .arg("--kubeconfig")
-            .arg(api.kubeconfig_file())
-            .args(BASE_ARGS)
-            .arg("--min-sync-period=0")
-            .args(extra)
+        cmd.args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,rustables=warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -1415,4 +1421,109 @@ fn nodeports_follow_the_host_addresses_in_the_cidrs() {
         );
     }
     assert!(!listing.contains("192.168.0.40"), "{listing}");
+}
+
+// ---------------------------------------------------------------------------
+// started as the DaemonSet starts it
+// ---------------------------------------------------------------------------
+
+/// The shipped ConfigMap's `config.conf` and `kubeconfig.conf` and the DaemonSet's command
+/// line, unchanged but for paths and the server URL (the fake API server, on an address
+/// outside the Service CIDR). The kubelet's `KUBERNETES_SERVICE_HOST` points at the
+/// `kubernetes` Service IP, which nothing serves: the agent must not need it.
+#[test]
+fn starts_as_the_daemonset_starts_it() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = TempDir::new("daemonset");
+    let d = dir.path();
+
+    let cm: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("deploy/base/configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let ds: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("deploy/base/daemonset.yaml")).unwrap(),
+    )
+    .unwrap();
+    let sa = d.join("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    let ca = sa.join("ca.crt");
+    let key = sa.join("ca.key");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&ca)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "openssl could not make a test CA");
+    std::fs::write(sa.join("token"), "test-token").unwrap();
+
+    let mounted = "/var/lib/kube-proxy";
+    let conf_dir = d.join("var-lib-kube-proxy");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let config = cm["data"]["config.conf"]
+        .as_str()
+        .unwrap()
+        .replace(mounted, &conf_dir.to_string_lossy());
+    let kubeconfig = cm["data"]["kubeconfig.conf"].as_str().unwrap();
+    let server = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("kubeconfig.conf names a server")
+        .to_string();
+    let kubeconfig = kubeconfig.replace(&server, &s.api.url()).replace(
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        &sa.to_string_lossy(),
+    );
+    std::fs::write(conf_dir.join("config.conf"), config).unwrap();
+    std::fs::write(conf_dir.join("kubeconfig.conf"), kubeconfig).unwrap();
+
+    let container = &ds["spec"]["template"]["spec"]["containers"][0];
+    let command: Vec<String> = container["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(container["args"].as_array().into_iter().flatten())
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("$(NODE_NAME)", "node-a")
+                .replace(mounted, &conf_dir.to_string_lossy())
+        })
+        .collect();
+    assert!(command[0].ends_with("/kube-nftproxy"), "{command:?}");
+    let mut agent = Agent::spawn(
+        "daemonset",
+        node,
+        &command[1..],
+        &[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ],
+    );
+    agent.wait_syncs(1, SYNC);
+    apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
+    wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
+    let log = agent.log();
+    assert!(!log.contains("client error (Connect)"), "{log}");
 }

@@ -249,6 +249,7 @@ async fn served_api<K>(api: Api<K>) -> bool
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    let mut wait = std::time::Duration::from_secs(1);
     loop {
         match api.list_metadata(&ListParams::default().limit(1)).await {
             Ok(_) => return true,
@@ -259,11 +260,34 @@ where
             }
             Err(e) => {
                 // The server is not answering yet; the agent must not start without knowing.
-                tracing::warn!(error = %e, "discovery request failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                // One line per attempt, with the cause (`client error (Connect)` alone says
+                // nothing), and exponential backoff.
+                tracing::warn!(
+                    error = %error_chain(&e),
+                    retry_in_s = wait.as_secs(),
+                    "cannot reach the API server; retrying"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
             }
         }
     }
+}
+
+/// An error and its causes on one line: `client error (Connect): tcp connect error:
+/// Connection refused (os error 111)`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// Puts the store's current copy of `namespace/name` (or its absence) into `list`, which
@@ -317,7 +341,7 @@ where
                         changes.mark_object(&kind, o.namespace().as_deref(), &name)
                     }
                     Err(e) => {
-                        tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff")
+                        tracing::warn!(%kind, error = %error_chain(&e), "watch failed; retrying with backoff")
                     }
                 }
                 futures::future::ready(())
