@@ -827,3 +827,59 @@ fn a_kube_proxy_chain_that_a_foreign_rule_uses_is_kept() {
         assert!(cleanup_in(&node).is_empty());
     }
 }
+
+/// `kube-nftproxy cleanup --kube-proxy`, as an operator runs it on a node, removes the same
+/// leftovers and keeps the foreign tables; plain `cleanup` touches none of them.
+#[test]
+fn cleanup_kube_proxy_command() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let Some(b) = backends("cleanup_kube_proxy_command").into_iter().next() else {
+        return;
+    };
+    let node = ns("migcli");
+    load(&node, b, V4_DUMP, V6_DUMP);
+    node.nft_apply(NFT_KUBE_PROXY).unwrap();
+    node.nft_apply(NFT_FOREIGN).unwrap();
+    let run = |args: &[&str]| {
+        let out = node
+            .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+            .args(args)
+            .output()
+            .expect("run kube-nftproxy");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["cleanup"]);
+    assert!(
+        node.nft(["list", "table", "ip", "kube-proxy"])
+            .status
+            .success(),
+        "plain cleanup removed kube-proxy's table"
+    );
+    let said = run(&["cleanup", "--kube-proxy"]);
+    assert!(said.contains("removed kube-proxy's leftovers"), "{said}");
+    assert!(!node
+        .nft(["list", "table", "ip", "kube-proxy"])
+        .status
+        .success());
+    assert!(node
+        .nft(["list", "table", "inet", "keepme"])
+        .status
+        .success());
+    assert!(
+        !save(&node, b, false).contains("KUBE-SVC-"),
+        "service chains left"
+    );
+    assert!(
+        save(&node, b, false).contains("FOREIGN-KEEP"),
+        "foreign chain removed"
+    );
+    let again = run(&["cleanup", "--kube-proxy"]);
+    assert!(again.contains("no kube-proxy leftovers present"), "{again}");
+}

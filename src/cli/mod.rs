@@ -130,7 +130,13 @@ pub enum Command {
         files: Vec<String>,
     },
     /// Remove kube-nftproxy's tables (ip and ip6 kube-nftproxy) and nothing else.
-    Cleanup,
+    Cleanup {
+        /// Instead, remove what upstream kube-proxy left in this node's kernel (its `ip`/`ip6
+        /// kube-proxy` tables, its `KUBE-*` iptables chains and their jump rules on both
+        /// iptables backends), exactly as `kube-proxy --cleanup` does, and nothing else.
+        #[arg(long)]
+        kube_proxy: bool,
+    },
     /// Run as the node agent: watch the API server and keep the kernel in step. This is
     /// also what the binary does when given no subcommand (kube-proxy's command line).
     Run {
@@ -196,6 +202,17 @@ fn cleanup() -> Result<()> {
     Ok(())
 }
 
+fn cleanup_kube_proxy() -> Result<()> {
+    let removed = crate::agent::migrate::remove_kube_proxy_leftovers()
+        .context("removing kube-proxy's leftovers")?;
+    if removed.is_empty() {
+        println!("no kube-proxy leftovers present");
+    } else {
+        println!("removed kube-proxy's leftovers: {removed}");
+    }
+    Ok(())
+}
+
 /// Runs one subcommand to completion.
 pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
@@ -213,7 +230,8 @@ pub fn main(cli: Cli) -> Result<()> {
             print!("{}", text::describe(&done.transaction));
             Ok(())
         }
-        Command::Cleanup => cleanup(),
+        Command::Cleanup { kube_proxy: false } => cleanup(),
+        Command::Cleanup { kube_proxy: true } => cleanup_kube_proxy(),
         Command::Run { flags } => {
             let kube = &flags.args.kube;
             if kube.cleanup.unwrap_or(false) {
