@@ -14,10 +14,15 @@ use support::{scenario_args, scenario_dirs, TempDir};
 fn render(dir: &Path) -> (String, String, bool) {
     let mut args: Vec<String> = vec!["render".into()];
     args.extend(scenario_args(dir));
-    args.push(dir.join("cluster.yaml").to_string_lossy().into_owned());
+    // Relative to the repository root, as the README runs it: notes name the file, and the
+    // golden stderr must not depend on where the checkout lives.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = dir.join("cluster.yaml");
+    let file = file.strip_prefix(root).unwrap_or(&file);
+    args.push(file.to_string_lossy().into_owned());
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
         .args(&args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(root)
         .env("RUST_LOG", "off")
         .output()
         .expect("run kube-nftproxy");

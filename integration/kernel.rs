@@ -1249,3 +1249,51 @@ fn cleanup_removes_only_our_tables() {
     let id = Identity::parse(&client.tcp_request("10.96.0.121", 80, TIMEOUT).unwrap());
     assert_eq!(id.server, "a");
 }
+
+/// `apply` of an input with no object the proxy reads (an empty file) is an error that
+/// changes nothing; `--allow-empty` applies the empty ruleset.
+#[test]
+fn apply_of_an_empty_input_changes_nothing_unless_allowed() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let c = Cluster::new();
+    let node = c.node();
+    let dir = TempDir::new("empty");
+    let empty = dir.write("empty.yaml", "# nothing here\n");
+    let apply = |extra: &[&str]| {
+        node.command(BIN)
+            .arg("apply")
+            .args(BASE_ARGS)
+            .args(extra)
+            .arg(&empty)
+            .env("KUBE_NFTPROXY_STATE_DIR", dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = apply(&[]);
+    assert!(!out.status.success(), "an empty input must be an error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("empty.yaml") && err.contains("nothing changed"),
+        "{err}"
+    );
+    assert!(
+        !node
+            .nft(["list", "table", "ip", "kube-nftproxy"])
+            .status
+            .success(),
+        "a refused empty apply created our table"
+    );
+    let out = apply(&["--allow-empty"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(node
+        .nft(["list", "table", "ip", "kube-nftproxy"])
+        .status
+        .success());
+}

@@ -126,6 +126,10 @@ pub enum Command {
     Apply {
         #[command(flatten)]
         args: RenderArgs,
+        /// Apply even when the input holds no object the proxy reads (an empty cluster);
+        /// without it such input is an error and nothing changes.
+        #[arg(long)]
+        allow_empty: bool,
         #[arg(required = true)]
         files: Vec<String>,
     },
@@ -223,9 +227,13 @@ pub fn main(cli: Cli) -> Result<()> {
             out.write_all(script.as_bytes())?;
             Ok(out.flush()?)
         }
-        Command::Apply { args, files } => {
+        Command::Apply {
+            args,
+            allow_empty,
+            files,
+        } => {
             only_with_run(&args)?;
-            let rs = render::desired(&args, &files)?;
+            let rs = render::desired_checked(&args, &files, allow_empty)?;
             let done = apply::apply(&rs).context("applying the ruleset")?;
             print!("{}", text::describe(&done.transaction));
             Ok(())

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::config::{self, RenderArgs};
+use crate::objects::input::summary;
 use crate::ruleset::ir::Ruleset;
 use crate::ruleset::render;
 
@@ -24,6 +25,12 @@ fn read_file(name: &str) -> Result<String> {
 
 /// Flags and files to the desired IR; skip notes go to stderr.
 pub fn desired(args: &RenderArgs, files: &[String]) -> Result<Ruleset> {
+    desired_checked(args, files, true)
+}
+
+/// [`desired`], refusing (unless `allow_empty`) an input that holds no object the proxy
+/// reads: an empty file or stdin would otherwise program a node with no Services.
+pub fn desired_checked(args: &RenderArgs, files: &[String], allow_empty: bool) -> Result<Ruleset> {
     let opts = config::resolve(args)?;
     let texts = files
         .iter()
@@ -31,6 +38,17 @@ pub fn desired(args: &RenderArgs, files: &[String]) -> Result<Ruleset> {
         .collect::<Result<Vec<_>>>()?;
     let mut notes = Vec::new();
     let objects = render::read_sources(texts.iter().map(|(n, t)| (*n, t.as_str())), &mut notes)?;
+    let total: usize = summary(&objects).values().sum();
+    if total == 0 && !allow_empty {
+        for n in &notes {
+            eprintln!("{n}");
+        }
+        anyhow::bail!(
+            "{} hold no Service, EndpointSlice, Endpoints, Node or ServiceCIDR; nothing changed \
+             (--allow-empty programs an empty ruleset)",
+            files.join(", ")
+        );
+    }
     let (rs, more) = render::ruleset(&objects, &opts);
     notes.extend(more);
     let mut err = std::io::stderr().lock();

@@ -55,14 +55,17 @@ impl ClusterObjects {
         // of magnitude faster than the YAML parser.
         let first = text.trim_start().chars().next();
         if matches!(first, Some('{') | Some('[')) {
-            for doc in serde_json::Deserializer::from_str(text).into_iter::<&RawValue>() {
+            for (n, doc) in serde_json::Deserializer::from_str(text)
+                .into_iter::<&RawValue>()
+                .enumerate()
+            {
                 let doc = doc.map_err(|e| syntax(&e))?;
-                self.add_raw_json(doc, skipped);
+                self.add_raw_json(doc, &Place::document(source_name, n), None, skipped);
             }
         } else {
-            for doc in serde_yaml::Deserializer::from_str(text) {
+            for (n, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
                 let doc = Value::deserialize(doc).map_err(|e| syntax(&e))?;
-                self.add_value(doc, skipped);
+                self.add_value(doc, &Place::document(source_name, n), None, skipped);
             }
         }
         Ok(())
@@ -70,7 +73,13 @@ impl ClusterObjects {
 
     /// The JSON path decodes each object straight from its text, without building a
     /// `Value` tree first; it is what keeps a 10,000-Service dump well under a second.
-    fn add_raw_json(&mut self, doc: &RawValue, skipped: &mut Vec<Note>) {
+    fn add_raw_json(
+        &mut self,
+        doc: &RawValue,
+        at: &Place,
+        list: Option<(&str, &str)>,
+        skipped: &mut Vec<Note>,
+    ) {
         #[derive(Deserialize)]
         struct Head<'a> {
             #[serde(default, borrow)]
@@ -85,21 +94,31 @@ impl ClusterObjects {
             Err(_) => {
                 // Not an object with a string kind: let the generic path explain it.
                 if let Ok(v) = serde_json::from_str::<Value>(doc.get()) {
-                    self.add_value(v, skipped);
+                    self.add_value(v, at, list, skipped);
                 }
                 return;
             }
         };
-        let kind = head.kind.as_deref().unwrap_or("");
-        let api = head.api_version.as_deref().unwrap_or("");
-        if kind.ends_with("List") {
-            for item in head.items.into_iter().flatten() {
-                self.add_raw_json(item, skipped);
+        if head.kind.as_deref().is_some_and(|k| k.ends_with("List")) {
+            let of = list_of(head.kind.as_deref(), head.api_version.as_deref());
+            for (i, item) in head.items.into_iter().flatten().enumerate() {
+                let of = of.as_ref().map(|(a, k)| (a.as_str(), k.as_str()));
+                self.add_raw_json(item, &at.item(i), of, skipped);
             }
             return;
         }
+        let Some((api, kind)) = identify(
+            head.api_version.as_deref(),
+            head.kind.as_deref(),
+            list,
+            at,
+            skipped,
+        ) else {
+            return;
+        };
         let raw = doc.get();
-        match (api, kind) {
+        let before = skipped.len();
+        match (api.as_str(), kind.as_str()) {
             ("v1", "Service") => {
                 decode_str::<core::Service, _>(raw, "Service", &mut self.services, skipped)
             }
@@ -121,37 +140,47 @@ impl ClusterObjects {
             ),
             _ => tracing::debug!(%api, %kind, "ignoring object of a kind the proxy does not use"),
         }
+        for n in &mut skipped[before..] {
+            n.reason = format!("{} ({at})", n.reason);
+        }
     }
 
-    fn add_value(&mut self, doc: Value, skipped: &mut Vec<Note>) {
+    fn add_value(
+        &mut self,
+        doc: Value,
+        at: &Place,
+        list: Option<(&str, &str)>,
+        skipped: &mut Vec<Note>,
+    ) {
         let Value::Object(mut map) = doc else {
             if !doc.is_null() {
                 skipped.push(Note {
-                    object: "document".into(),
+                    object: at.to_string(),
                     reason: "not a Kubernetes object (expected a mapping)".into(),
                 });
             }
             return;
         };
-        let kind = map
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let kind = map.get("kind").and_then(Value::as_str).map(String::from);
         let api = map
             .get("apiVersion")
             .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if kind.ends_with("List") {
+            .map(String::from);
+        if kind.as_deref().is_some_and(|k| k.ends_with("List")) {
+            let of = list_of(kind.as_deref(), api.as_deref());
             if let Some(Value::Array(items)) = map.remove("items") {
-                for item in items {
-                    self.add_value(item, skipped);
+                for (i, item) in items.into_iter().enumerate() {
+                    let of = of.as_ref().map(|(a, k)| (a.as_str(), k.as_str()));
+                    self.add_value(item, &at.item(i), of, skipped);
                 }
             }
             return;
         }
+        let Some((api, kind)) = identify(api.as_deref(), kind.as_deref(), list, at, skipped) else {
+            return;
+        };
         let doc = Value::Object(map);
+        let before = skipped.len();
         match (api.as_str(), kind.as_str()) {
             ("v1", "Service") => {
                 decode::<core::Service, _>(doc, "Service", &mut self.services, skipped)
@@ -174,6 +203,9 @@ impl ClusterObjects {
             ),
             _ => tracing::debug!(%api, %kind, "ignoring object of a kind the proxy does not use"),
         }
+        for n in &mut skipped[before..] {
+            n.reason = format!("{} ({at})", n.reason);
+        }
     }
 
     /// Puts every list in a canonical order so that input order never changes the output.
@@ -191,6 +223,113 @@ impl ClusterObjects {
         by_key(&mut self.endpoints);
         by_key(&mut self.nodes);
         by_key(&mut self.service_cidrs);
+    }
+}
+
+/// Where a document came from: the file (or `-`), its document number (from 1) and, inside
+/// a `List`, the item number.
+#[derive(Debug, Clone)]
+struct Place {
+    source: String,
+    document: usize,
+    items: Vec<usize>,
+}
+
+impl Place {
+    fn document(source: &str, index: usize) -> Place {
+        Place {
+            source: source.to_string(),
+            document: index + 1,
+            items: Vec::new(),
+        }
+    }
+
+    fn item(&self, index: usize) -> Place {
+        let mut p = self.clone();
+        p.items.push(index + 1);
+        p
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} document {}", self.source, self.document)?;
+        for i in &self.items {
+            write!(f, " item {i}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The kinds the proxy reads, with the apiVersion each is read as.
+const KINDS: [(&str, &str); 5] = [
+    ("v1", "Service"),
+    ("discovery.k8s.io/v1", "EndpointSlice"),
+    ("v1", "Endpoints"),
+    ("v1", "Node"),
+    ("networking.k8s.io/v1", "ServiceCIDR"),
+];
+
+/// What the items of a `ServiceList` (etc.) are when they carry no kind, as in a raw API
+/// list response: (apiVersion, kind).
+fn list_of(kind: Option<&str>, api: Option<&str>) -> Option<(String, String)> {
+    let item = kind?.strip_suffix("List")?;
+    (!item.is_empty()).then(|| (api.unwrap_or("").to_string(), item.to_string()))
+}
+
+/// The (apiVersion, kind) to read a document as, or `None` (with a note where the input was
+/// probably meant for the proxy) when it is skipped. A known kind without an apiVersion is
+/// read as its usual one, with a note; a lower-case kind, or a known kind in another
+/// apiVersion, is reported; a document without any kind is reported; other kinds (Pods,
+/// ConfigMaps, ...) are ignored quietly, as `kubectl get all` dumps hold many.
+fn identify(
+    api: Option<&str>,
+    kind: Option<&str>,
+    list: Option<(&str, &str)>,
+    at: &Place,
+    skipped: &mut Vec<Note>,
+) -> Option<(String, String)> {
+    let (api, kind) = match (api, kind, list) {
+        (api, Some(kind), _) => (api, kind),
+        (None, None, Some((list_api, list_kind))) => {
+            (Some(list_api).filter(|a| !a.is_empty()), list_kind)
+        }
+        (_, None, _) => {
+            skipped.push(Note {
+                object: at.to_string(),
+                reason: "has no kind; skipped".into(),
+            });
+            return None;
+        }
+    };
+    let known = KINDS.iter().find(|(_, k)| *k == kind);
+    match (known, api) {
+        (Some((want, _)), Some(api)) if api == *want => Some((api.to_string(), kind.to_string())),
+        (Some((want, _)), None) => {
+            skipped.push(Note {
+                object: format!("{kind} at {at}"),
+                reason: format!("has no apiVersion; read as {want}"),
+            });
+            Some((want.to_string(), kind.to_string()))
+        }
+        (Some((want, _)), Some(api)) => {
+            skipped.push(Note {
+                object: format!("{kind} at {at}"),
+                reason: format!("apiVersion {api} is not read (want {want}); skipped"),
+            });
+            None
+        }
+        (None, _) => {
+            if let Some((_, k)) = KINDS.iter().find(|(_, k)| k.eq_ignore_ascii_case(kind)) {
+                skipped.push(Note {
+                    object: format!("{kind} at {at}"),
+                    reason: format!("kinds are case-sensitive: did you mean {k}? skipped"),
+                });
+            } else {
+                tracing::debug!(?api, %kind, %at, "ignoring object of a kind the proxy does not use");
+            }
+            None
+        }
     }
 }
 
@@ -290,5 +429,58 @@ mod tests {
             .add_text("my.yaml", "a: [unclosed", &mut vec![])
             .unwrap_err();
         assert!(err.to_string().starts_with("my.yaml:"), "{err}");
+    }
+
+    fn read(text: &str) -> (ClusterObjects, Vec<Note>) {
+        let mut o = ClusterObjects::default();
+        let mut notes = vec![];
+        o.add_text("in.yaml", text, &mut notes).unwrap();
+        (o, notes)
+    }
+
+    #[test]
+    fn a_known_kind_without_api_version_is_read_with_a_note() {
+        let (o, notes) = read("kind: Service\nmetadata: {name: a, namespace: x}\n");
+        assert_eq!(o.services.len(), 1);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].object, "Service at in.yaml document 1");
+        assert!(notes[0].reason.contains("read as v1"), "{notes:?}");
+    }
+
+    #[test]
+    fn lower_case_kinds_and_other_api_versions_are_reported() {
+        let (o, notes) = read(
+            "apiVersion: v1\nkind: service\nmetadata: {name: a}\n---\n\
+             apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: b}\n---\n\
+             metadata: {name: c}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: d}\n",
+        );
+        assert!(o.services.is_empty() && o.endpoint_slices.is_empty());
+        let text: Vec<String> = notes.iter().map(|n| n.to_string()).collect();
+        assert_eq!(text.len(), 3, "the ConfigMap is ignored quietly: {text:?}");
+        assert!(text[0].contains("in.yaml document 1") && text[0].contains("did you mean Service"));
+        assert!(text[1].contains("document 2") && text[1].contains("v1beta1"));
+        assert!(text[2].contains("in.yaml document 3") && text[2].contains("no kind"));
+    }
+
+    #[test]
+    fn list_items_without_kind_take_the_lists() {
+        // What `GET /api/v1/services` returns: items carry no kind or apiVersion.
+        let json = r#"{"kind":"ServiceList","apiVersion":"v1","items":[{"metadata":{"name":"a","namespace":"x"},"spec":{}}]}"#;
+        let (o, notes) = read(json);
+        assert_eq!(o.services.len(), 1, "{notes:?}");
+        assert!(notes.is_empty(), "{notes:?}");
+        let yaml = "kind: ServiceList\napiVersion: v1\nitems:\n- metadata: {name: a, namespace: x}\n- kind: Sevrice\n  metadata: {name: b}\n";
+        let (o, _) = read(yaml);
+        assert_eq!(o.services.len(), 1);
+    }
+
+    #[test]
+    fn a_decode_failure_names_the_file_and_document() {
+        let (_, notes) = read("apiVersion: v1\nkind: Node\nmetadata: {name: n}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad, namespace: ns}\nspec: {ports: eighty}\n");
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].reason.ends_with("(in.yaml document 2)"),
+            "{notes:?}"
+        );
     }
 }
