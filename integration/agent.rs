@@ -1316,6 +1316,62 @@ fn metrics_health_and_health_check_node_ports() {
     );
     assert!(sample(&metrics, "process_start_time_seconds").is_some());
 
+    // network_programming_duration runs from the slice's last-change-trigger-time.
+    let mut web = slice("timed", "TCP", 8080, &[POD_A]);
+    let trigger =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(2);
+    web["metadata"]["annotations"] =
+        json!({"endpoints.kubernetes.io/last-change-trigger-time": trigger.to_string()});
+    s.api.apply(&service("timed", SVC2_IP, "TCP", 80, 8080));
+    s.api.apply(&web);
+    wait_for("network programming observed", SYNC, || {
+        let (_, m) = http_get(node, "127.0.0.1:10249", "/metrics").unwrap();
+        // Observed once, at about 2 s: in the (2, 3] bucket.
+        let bucket = |le: &str| {
+            m.lines()
+                .find(|l| {
+                    l.starts_with("kubeproxy_network_programming_duration_seconds_bucket")
+                        && l.contains("IPv4")
+                        && l.contains(&format!("le=\"{le}\""))
+                })
+                .and_then(|l| l.rsplit_once(' '))
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+        };
+        let ok =
+            bucket("2") == Some(0.0) && bucket("3") == Some(1.0) && bucket("+Inf") == Some(1.0);
+        if !ok {
+            eprintln!(
+                "{}",
+                m.lines()
+                    .filter(|l| l.contains("network_programming") && l.contains("IPv4"))
+                    .take(12)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        ok
+    });
+
+    // The autoscaler is draining this node: /healthz fails so load balancers move away,
+    // /livez does not (the proxy itself is fine).
+    let mut drained = node_a();
+    drained["spec"]["taints"] =
+        json!([{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]);
+    s.api.apply(&drained);
+    wait_for(
+        "/healthz 503 on a draining node",
+        SYNC,
+        || matches!(http_get(node, "127.0.0.1:10256", "/healthz"), Ok((503, b)) if b.contains("\"nodeEligible\":false")),
+    );
+    assert!(matches!(
+        http_get(node, "127.0.0.1:10256", "/livez"),
+        Ok((200, _))
+    ));
+    s.api.apply(&node_a());
+    wait_for("/healthz 200 once the taint is gone", SYNC, || {
+        matches!(http_get(node, "127.0.0.1:10256", "/healthz"), Ok((200, _)))
+    });
+
     // An externalTrafficPolicy: Local Service with one endpoint on this node.
     let mut svc = service("local", SVC_IP, "TCP", 80, 8080);
     svc["spec"]["type"] = json!("NodePort");

@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::health::ProxyHealth;
 use super::metrics::{Metrics, SyncKind, TrafficPolicy};
 use super::service_health::{NamespacedName, ServiceHealthServer};
 use crate::model::Model;
+use crate::objects::input::ClusterObjects;
 use crate::vocab::{Family, Note};
 
 #[derive(Default)]
@@ -23,6 +24,8 @@ pub struct Observe {
     /// Notes already logged, by object: a note is logged at warn when it first appears
     /// and again only when its reason changes.
     logged: BTreeMap<String, String>,
+    /// Whether the missing Node object has been reported.
+    missing_node_said: bool,
 }
 
 impl Observe {
@@ -45,16 +48,18 @@ impl Observe {
         }
     }
 
-    /// A sync was applied. `latencies` run from each change's arrival to the apply.
-    pub fn synced(&self, full: bool, elapsed: Duration, ops: usize, latencies: &[Duration]) {
+    /// A sync was applied. `triggers` are the `last-change-trigger-time`s of the
+    /// EndpointSlices it carried: network-programming latency runs from each, as upstream
+    /// measures it (slices without the annotation are not measured).
+    pub fn synced(&self, full: bool, elapsed: Duration, ops: usize, triggers: &[SystemTime]) {
         if let Some(m) = &self.metrics {
             m.observe_sync(kind(full), elapsed, true);
             m.set_transaction_messages(ops);
             m.set_pending(0, 0);
-            m.inc_changes(0, latencies.len() as u64);
+            m.inc_changes(0, triggers.len() as u64);
             for f in &self.families {
-                for l in latencies {
-                    m.observe_network_programming(*f, *l);
+                for t in triggers {
+                    m.observe_network_programming_since(*f, *t);
                 }
             }
         }
@@ -62,6 +67,29 @@ impl Observe {
             for f in &self.families {
                 h.updated(*f);
             }
+        }
+    }
+
+    /// This node's Node object: a node being deleted or drained by the autoscaler fails
+    /// `/healthz` (load balancers stop sending to it), as upstream; a Node that is not
+    /// there (a wrong `--hostname-override`) is said once.
+    pub fn node(&mut self, objects: &ClusterObjects, hostname: &str) {
+        let node = objects
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(hostname));
+        if let Some(h) = &self.health {
+            h.set_node_eligible(!node.is_some_and(|n| n.draining));
+        }
+        if node.is_none() && !self.missing_node_said {
+            tracing::warn!(
+                node = hostname,
+                "no Node object named {hostname:?}: its addresses and zone are unknown, so \
+                 NodePorts get no addresses (is --hostname-override right?)"
+            );
+            self.missing_node_said = true;
+        } else if node.is_some() {
+            self.missing_node_said = false;
         }
     }
 

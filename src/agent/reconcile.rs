@@ -5,11 +5,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::agent::desired::Desired;
 use crate::agent::observe::Observe;
-use crate::agent::watch::{Changes, Stores};
+use crate::agent::watch::{Changes, Dirty, Stores};
 use crate::model::options::Options;
 use crate::model::Model;
 use crate::objects::input::ClusterObjects;
@@ -164,6 +164,11 @@ pub async fn run<S, F>(
         // A forced full sync also re-reads every store, in case an event went missing.
         dirty.all |= full;
         let snapshot = stores.refresh(&mut objects, &dirty);
+        observe.node(snapshot, &opts.hostname);
+        // Trigger times of the slices this sync carries, as upstream measures them. A full
+        // re-read (relist, periodic full sync) carries no known change: nothing is measured,
+        // or every periodic sync would count every slice again.
+        let triggers = trigger_times(snapshot, &dirty);
         let update = desired.update(snapshot, full);
         observe.notes(&update.notes, update.full);
         let full = update.full;
@@ -199,7 +204,7 @@ pub async fn run<S, F>(
                     services = desired.services(),
                     "sync complete"
                 );
-                observe.synced(full, report.elapsed, report.ops, &report.latencies);
+                observe.synced(full, report.elapsed, report.ops, &triggers);
                 on_sync(&report);
                 observe
                     .services(&desired.model_where(|sp| sp.health_check_node_port.is_some()))
@@ -223,6 +228,31 @@ pub async fn run<S, F>(
             }
         }
     }
+}
+
+/// The `last-change-trigger-time` of each changed EndpointSlice that has one.
+fn trigger_times(objects: &ClusterObjects, dirty: &Dirty) -> Vec<SystemTime> {
+    let parse = |t: &str| {
+        let ts: k8s_openapi::jiff::Timestamp = t.parse().ok()?;
+        let d = std::time::Duration::try_from(
+            ts.duration_since(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        )
+        .ok()?;
+        Some(SystemTime::UNIX_EPOCH + d)
+    };
+    objects
+        .endpoint_slices
+        .iter()
+        .filter(|s| {
+            !dirty.all
+                && dirty.objects.iter().any(|(kind, ns, name)| {
+                    kind == "EndpointSlice"
+                        && ns.as_deref() == s.metadata.namespace.as_deref()
+                        && Some(name.as_str()) == s.metadata.name.as_deref()
+                })
+        })
+        .filter_map(|s| s.trigger_time.as_deref().and_then(parse))
+        .collect()
 }
 
 /// `--dry-run`: prints each transaction (or the whole ruleset) instead of applying it.

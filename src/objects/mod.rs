@@ -197,6 +197,8 @@ pub struct EndpointSlice {
     pub metadata: Meta,
     /// The `kubernetes.io/service-name` label.
     pub service_name: Option<Box<str>>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation, as written.
+    pub trigger_time: Option<Box<str>>,
     pub address_type: Arc<str>,
     pub ports: Box<[EndpointPort]>,
     pub endpoints: Box<[Endpoint]>,
@@ -249,7 +251,16 @@ pub struct Node {
     /// The `topology.kubernetes.io/zone` label.
     pub zone: Option<Box<str>>,
     pub addresses: Box<[NodeAddress]>,
+    /// Being deleted (`deletionTimestamp`) or drained by the cluster autoscaler (taint
+    /// `ToBeDeletedByClusterAutoscaler`): load balancers should stop sending to it.
+    pub draining: bool,
 }
+
+/// The cluster autoscaler's taint on a node it is about to remove.
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
+/// When the change an EndpointSlice carries was triggered (RFC 3339), set by the
+/// EndpointSlice controller; network-programming latency is measured from it.
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeAddress {
@@ -341,9 +352,16 @@ macro_rules! conversions {
                 let service_name = labels(&mut o.metadata)
                     .remove(LABEL_SERVICE_NAME)
                     .map(String::into_boxed_str);
+                let trigger_time = o
+                    .metadata
+                    .annotations
+                    .as_mut()
+                    .and_then(|a| a.remove(ANNOTATION_TRIGGER_TIME))
+                    .map(String::into_boxed_str);
                 EndpointSlice {
                     metadata: Meta::of(&mut o.metadata),
                     service_name,
+                    trigger_time,
                     address_type: intern(&o.address_type),
                     ports: o
                         .ports
@@ -410,9 +428,15 @@ macro_rules! conversions {
                 let zone = labels(&mut o.metadata)
                     .remove(LABEL_ZONE)
                     .map(String::into_boxed_str);
+                let draining = o.metadata.deletion_timestamp.is_some()
+                    || o.spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
                 Node {
                     metadata: Meta::of(&mut o.metadata),
                     zone,
+                    draining,
                     addresses: o
                         .status
                         .and_then(|s| s.addresses)
@@ -501,7 +525,7 @@ pub mod api {
     use k8s_openapi::api::core::v1 as core;
     use k8s_openapi::api::discovery::v1 as discovery;
     use k8s_openapi::api::networking::v1 as networking;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use serde::{Deserialize, Deserializer};
 
     /// A required field: absent or `null` is its default, as k8s-openapi reads it (the API
@@ -521,13 +545,22 @@ pub mod api {
             namespace: Option<String>,
             resource_version: Option<String>,
             labels: Option<BTreeMap<String, String>>,
+            annotations: Option<BTreeMap<String, String>>,
+            deletion_timestamp: Option<Time>,
         }
         let m = Meta::deserialize(d)?;
+        // Of the annotations, only the one the proxy reads is kept.
+        let annotations = m
+            .annotations
+            .and_then(|mut a| a.remove_entry(super::ANNOTATION_TRIGGER_TIME))
+            .map(|kv| BTreeMap::from([kv]));
         Ok(ObjectMeta {
             name: m.name,
             namespace: m.namespace,
             resource_version: m.resource_version,
             labels: m.labels,
+            annotations,
+            deletion_timestamp: m.deletion_timestamp,
             ..ObjectMeta::default()
         })
     }
@@ -684,7 +717,19 @@ pub mod api {
     pub struct Node {
         #[serde(default, deserialize_with = "meta")]
         pub metadata: ObjectMeta,
+        pub spec: Option<NodeSpec>,
         pub status: Option<NodeStatus>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct NodeSpec {
+        pub taints: Option<Vec<Taint>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct Taint {
+        #[serde(default)]
+        pub key: String,
     }
 
     #[derive(Clone, Debug, Deserialize)]
