@@ -1420,11 +1420,31 @@ fn metrics_health_and_health_check_node_ports() {
         .and_then(|(_, v)| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(failures >= 1.0, "no sync failure counted:\n{metrics}");
+    wait_for("a SyncFailed Event on the Node", SYNC, || {
+        s.api.objects("events.k8s.io/events").iter().any(|e| {
+            e["reason"] == "SyncFailed"
+                && e["regarding"]["kind"] == "Node"
+                && e["regarding"]["name"] == "node-a"
+        })
+    });
     drop(holder);
     wait_for("/healthz 200 once syncs succeed again", SYNC, || {
         matches!(http_get(node, "127.0.0.1:10256", "/healthz"), Ok((200, _)))
     });
     wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
+
+    // A Service the proxy skips gets a Warning Event naming why.
+    s.api
+        .apply(&service("broken", "10.96.0.999", "TCP", 80, 8080));
+    wait_for("a ServiceSkipped Event on the Service", SYNC, || {
+        s.api.objects("events.k8s.io/events").iter().any(|e| {
+            e["reason"] == "ServiceSkipped"
+                && e["regarding"]["name"] == "broken"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("10.96.0.999"))
+        })
+    });
 }
 
 // ---------------------------------------------------------------------------

@@ -583,6 +583,13 @@ impl Drop for FakeApi {
 }
 
 fn resolve_kind(kind: &str) -> usize {
+    // `group/plural` picks a kind that two groups serve (`events.k8s.io/events`).
+    if let Some((group, plural)) = kind.split_once('/') {
+        return RESOURCES
+            .iter()
+            .position(|r| r.group == group && r.plural == plural)
+            .unwrap_or_else(|| panic!("fakeapi: unknown resource {kind:?}"));
+    }
     RESOURCES
         .iter()
         .position(|r| r.kind.eq_ignore_ascii_case(kind) || r.plural.eq_ignore_ascii_case(kind))

@@ -13,6 +13,7 @@
 pub mod addresses;
 pub mod conntrack;
 pub mod desired;
+pub mod events;
 pub mod health;
 mod http;
 pub mod metrics;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::events::{service_of, Events, Subject};
 use super::health::ProxyHealth;
 use super::metrics::{Metrics, SyncKind, TrafficPolicy};
 use super::service_health::{NamespacedName, ServiceHealthServer};
@@ -14,11 +15,17 @@ use crate::model::Model;
 use crate::objects::input::ClusterObjects;
 use crate::vocab::{Family, Note};
 
+/// Refused syncs in a row before an Event says so (a single refusal is retried at once).
+const FAILURES_FOR_EVENT: u32 = 3;
+
 #[derive(Default)]
 pub struct Observe {
     pub metrics: Option<Arc<Metrics>>,
     pub health: Option<Arc<ProxyHealth>>,
     pub service_health: Option<Arc<ServiceHealthServer>>,
+    pub events: Option<Events>,
+    /// This node's name, for Events about it.
+    pub node_name: String,
     /// The families this node proxies (health is tracked per family, as upstream).
     pub families: Vec<Family>,
     /// Notes already logged, by object: a note is logged at warn when it first appears
@@ -26,6 +33,8 @@ pub struct Observe {
     logged: BTreeMap<String, String>,
     /// Whether the missing Node object has been reported.
     missing_node_said: bool,
+    /// Syncs refused in a row.
+    failures: u32,
 }
 
 impl Observe {
@@ -70,6 +79,11 @@ impl Observe {
         }
     }
 
+    /// Resets the failure streak after a sync went through.
+    pub fn recovered(&mut self) {
+        self.failures = 0;
+    }
+
     /// This node's Node object: a node being deleted or drained by the autoscaler fails
     /// `/healthz` (load balancers stop sending to it), as upstream; a Node that is not
     /// there (a wrong `--hostname-override`) is said once.
@@ -94,9 +108,22 @@ impl Observe {
     }
 
     /// The kernel refused a sync; the previous rules keep serving.
-    pub fn failed(&self, full: bool, elapsed: Duration) {
+    pub fn failed(&mut self, full: bool, elapsed: Duration, error: &str) {
         if let Some(m) = &self.metrics {
             m.observe_sync(kind(full), elapsed, false);
+        }
+        self.failures += 1;
+        if self.failures == FAILURES_FOR_EVENT {
+            if let Some(e) = &self.events {
+                e.warn(
+                    Subject::Node(self.node_name.clone()),
+                    "SyncFailed",
+                    format!(
+                        "{} syncs in a row failed; the previous rules keep serving: {error}",
+                        self.failures
+                    ),
+                );
+            }
         }
     }
 
@@ -107,6 +134,9 @@ impl Observe {
         for n in notes {
             if self.logged.get(&n.object) != Some(&n.reason) {
                 tracing::warn!(object = %n.object, reason = %n.reason, "{n}");
+                if let (Some(e), Some(svc)) = (&self.events, service_of(&n.object)) {
+                    e.warn(svc, "ServiceSkipped", n.reason.clone());
+                }
             }
             seen.insert(n.object.clone(), n.reason.clone());
         }

@@ -205,6 +205,7 @@ pub async fn run<S, F>(
                     "sync complete"
                 );
                 observe.synced(full, report.elapsed, report.ops, &triggers);
+                observe.recovered();
                 on_sync(&report);
                 observe
                     .services(&desired.model_where(|sp| sp.health_check_node_port.is_some()))
@@ -219,7 +220,7 @@ pub async fn run<S, F>(
             Err(e) => {
                 // The kernel refused the whole batch, so the old rules still serve. The
                 // next attempt is a full sync: our idea of the kernel may be wrong.
-                observe.failed(full, started.elapsed());
+                observe.failed(full, started.elapsed(), &e);
                 let wait = backoff.map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX));
                 tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "sync failed");
                 backoff = Some(wait);

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use super::config::{self, ClientSettings};
 use super::{DryRunMode, RunFlags};
 use crate::agent::addresses;
+use crate::agent::events::Events;
 use crate::agent::health::{health_timeout_for, serve_health, ProxyHealth};
 use crate::agent::metrics::{serve_metrics, Metrics};
 use crate::agent::migrate;
@@ -250,6 +251,10 @@ async fn agent(
                 }
             })?;
     }
+    if dry_run.is_none() {
+        observe.events = Some(Events::start(client.clone(), &opts.hostname));
+    }
+    observe.node_name = opts.hostname.clone();
     let stores = watch::start(&client, &opts.hostname, endpoints_api, changes.clone()).await;
     let log_sync = |r: &reconcile::SyncReport| {
         if let Some(max) = r.latencies.iter().max() {
