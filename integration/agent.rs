@@ -1603,3 +1603,32 @@ fn starts_as_the_daemonset_starts_it() {
     let log = agent.log();
     assert!(!log.contains("client error (Connect)"), "{log}");
 }
+
+/// `--logging-format=json` (kube-proxy's flag): every log line is one JSON object.
+#[test]
+fn logging_format_json_writes_json_lines() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    let args: Vec<String> = [
+        "--logging-format=json",
+        "--hostname-override=node-a",
+        "--dry-run",
+        "--kubeconfig",
+        &s.api.kubeconfig_file().to_string_lossy(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut agent = Agent::spawn("json-logs", node, &args, &[]);
+    agent.wait_syncs(1, SYNC);
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+}

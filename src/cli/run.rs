@@ -127,6 +127,10 @@ async fn client(settings: &ClientSettings) -> Result<kube::Client> {
                 .await
                 .with_context(|| format!("loading kubeconfig {}", path.display()))?
         }
+        // --master alone: that server, without credentials, as kube-proxy allows.
+        None if settings.master.as_deref().is_some_and(|m| !m.is_empty()) => {
+            kube::Config::new("http://localhost".parse().expect("a valid placeholder URL"))
+        }
         None => kube::Config::infer()
             .await
             .context("no kubeconfig: not in a cluster, and neither --kubeconfig nor KUBECONFIG")?,
