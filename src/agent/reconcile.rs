@@ -69,6 +69,64 @@ pub struct SyncReport {
     pub finished: Instant,
 }
 
+/// Syncs allowed back to back before `--min-sync-period` applies, as kube-proxy's
+/// BoundedFrequencyRunner allows a burst of 2: a new Service and its endpoints, which
+/// arrive milliseconds apart, are both programmed at once instead of the endpoints waiting
+/// a whole period (1 s by default) while the Service rejects connections.
+const SYNC_BURST: u32 = 2;
+
+/// A token bucket: `burst` syncs at once, refilled one per `period`.
+#[derive(Debug, Clone)]
+struct Limiter {
+    period: Duration,
+    burst: u32,
+    tokens: u32,
+    /// When the next token arrives (while not full).
+    refill_at: Option<Instant>,
+}
+
+impl Limiter {
+    fn new(period: Duration, burst: u32) -> Limiter {
+        Limiter {
+            period,
+            burst: burst.max(1),
+            tokens: burst.max(1),
+            refill_at: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        while let Some(at) = self.refill_at {
+            if at > now {
+                break;
+            }
+            self.tokens += 1;
+            self.refill_at = (self.tokens < self.burst).then(|| at + self.period);
+        }
+    }
+
+    /// When a sync may run, if not now.
+    fn next_allowed(&mut self, now: Instant) -> Option<Instant> {
+        if self.period.is_zero() {
+            return None;
+        }
+        self.refill(now);
+        (self.tokens == 0).then(|| self.refill_at.unwrap_or(now))
+    }
+
+    /// A sync starts at `now`.
+    fn take(&mut self, now: Instant) {
+        if self.period.is_zero() {
+            return;
+        }
+        self.refill(now);
+        self.tokens = self.tokens.saturating_sub(1);
+        if self.refill_at.is_none() {
+            self.refill_at = Some(now + self.period);
+        }
+    }
+}
+
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -102,7 +160,7 @@ pub async fn run<S, F>(
     let mut force_full = true;
     // The caches as of the last sync, refreshed object by object (`Stores::refresh`).
     let mut objects: Option<ClusterObjects> = None;
-    let mut last_sync: Option<Instant> = None;
+    let mut limiter = Limiter::new(timing.min_sync_period, SYNC_BURST);
     let mut last_full = Instant::now();
     let mut backoff: Option<Duration> = None;
     loop {
@@ -137,17 +195,14 @@ pub async fn run<S, F>(
                 }
             }
         }
-        if let Some(last) = last_sync {
-            let next = last + timing.min_sync_period;
-            if next > Instant::now() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
-                    _ = &mut shutdown => return,
-                }
+        if let Some(next) = limiter.next_allowed(Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+                _ = &mut shutdown => return,
             }
         }
         let started = Instant::now();
-        last_sync = Some(started);
+        limiter.take(started);
         let arrivals = changes.take();
         if let Some(addrs) = changes.take_host_addresses() {
             // Which addresses take NodePorts depends on them: rebuild from scratch.
@@ -274,5 +329,43 @@ impl Sink for DryRun {
         .and_then(|_| out.write_all(b"\n"))
         .and_then(|_| out.flush())
         .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_syncs_at_once_then_one_per_period() {
+        let t0 = Instant::now();
+        let p = Duration::from_secs(1);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut l = Limiter::new(p, SYNC_BURST);
+        assert_eq!(l.next_allowed(t0), None);
+        l.take(t0);
+        // The Service's endpoints, 5 ms later: no wait.
+        assert_eq!(l.next_allowed(ms(5)), None);
+        l.take(ms(5));
+        // A third change waits for the refill, one period after the first sync.
+        assert_eq!(l.next_allowed(ms(10)), Some(ms(1000)));
+        l.take(ms(1000));
+        // Sustained: one per period.
+        assert_eq!(l.next_allowed(ms(1001)), Some(ms(2000)));
+        l.take(ms(2000));
+        // After a quiet spell the burst is back.
+        assert_eq!(l.next_allowed(ms(10_000)), None);
+        l.take(ms(10_000));
+        assert_eq!(l.next_allowed(ms(10_001)), None);
+    }
+
+    #[test]
+    fn a_zero_period_never_waits() {
+        let mut l = Limiter::new(Duration::ZERO, SYNC_BURST);
+        let t = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(l.next_allowed(t), None);
+            l.take(t);
+        }
     }
 }
