@@ -573,9 +573,16 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
                 terminating: e.terminating.unwrap_or(false),
                 local: e.node_name.as_deref() == Some(node),
                 zone_hints: e
-                    .zone_hints
+                    .hints
                     .as_ref()
+                    .and_then(|h| h.zones.as_ref())
                     .map(|z| z.iter().map(|z| z.to_string()).collect()),
+                for_this_node: e
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.nodes.as_ref())
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.iter().any(|n| **n == *node)),
             };
             add_endpoint(&mut out, ep, &what, notes);
         }
@@ -633,6 +640,7 @@ fn legacy_endpoints(
                     terminating: false,
                     local: a.node_name.as_deref() == Some(node),
                     zone_hints: None,
+                    for_this_node: None,
                 };
                 add_endpoint(&mut out, ep, &what, notes);
             }
@@ -675,4 +683,202 @@ pub enum NodePortIps {
     List(Vec<IpAddr>),
     /// Every local address (`fib daddr type local`), loopback excluded.
     AllLocal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_yaml(yaml: &str) -> (Model, Vec<Note>) {
+        let mut objects = ClusterObjects::default();
+        objects.add_text("t.yaml", yaml, &mut Vec::new()).unwrap();
+        objects.sort();
+        let opts = Options {
+            hostname: "node-a".into(),
+            ..Options::default()
+        };
+        build(&objects, &opts)
+    }
+
+    fn svc(name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {spec}\n---\n"
+        )
+    }
+
+    fn slice(name: &str, svc: &str, ports: &str, endpoints: &str) -> String {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ns, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: {ports}\nendpoints: {endpoints}\n---\n"
+        )
+    }
+
+    /// `(port name, [(IP:port, ready, serving, terminating, local)])` of every port.
+    type Eps = Vec<(String, Vec<(String, bool, bool, bool, bool)>)>;
+
+    fn eps(m: &Model, name: &str) -> Eps {
+        m.services
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| {
+                let e = s.endpoints.iter();
+                let e = e.map(|e| (e.sort_key(), e.ready, e.serving, e.terminating, e.local));
+                (s.port_name.clone(), e.collect())
+            })
+            .collect()
+    }
+
+    fn ep(
+        k: &str,
+        ready: bool,
+        serving: bool,
+        terminating: bool,
+        local: bool,
+    ) -> (String, bool, bool, bool, bool) {
+        (k.to_string(), ready, serving, terminating, local)
+    }
+
+    const TWO_PORTS: &str =
+        "{clusterIP: 10.96.0.1, ports: [{name: http, port: 80}, {name: https, port: 443}]}";
+
+    /// endpointslicecache_test `TestEndpointsMapFromESC` "2 slices, same port" and
+    /// "2 slices, with some endpoints overlapping": slices of one Service merge per port
+    /// (matched by name), an endpoint in two slices counts once.
+    #[test]
+    fn slices_merge_by_port_name_and_duplicates_count_once() {
+        let y = svc("s", TWO_PORTS)
+            + &slice(
+                "s-1",
+                "s",
+                "[{name: http, port: 8080}, {name: https, port: 8443}]",
+                "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}]",
+            )
+            + &slice(
+                "s-2",
+                "s",
+                "[{name: http, port: 8080}]",
+                "[{addresses: [10.0.1.2], nodeName: node-a}, {addresses: [10.0.1.3]}]",
+            );
+        let (m, notes) = build_yaml(&y);
+        assert_eq!(
+            eps(&m, "s"),
+            vec![
+                (
+                    "http".into(),
+                    vec![
+                        ep("10.0.1.1:8080", true, true, false, false),
+                        // The duplicate keeps the local copy, as upstream does.
+                        ep("10.0.1.2:8080", true, true, false, true),
+                        ep("10.0.1.3:8080", true, true, false, false),
+                    ]
+                ),
+                (
+                    "https".into(),
+                    vec![
+                        ep("10.0.1.1:8443", true, true, false, false),
+                        ep("10.0.1.2:8443", true, true, false, false),
+                    ]
+                ),
+            ]
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].reason.contains("duplicate endpoint 10.0.1.2:8080"));
+    }
+
+    /// endpointslicecache: a slice port whose name matches no Service port adds nothing
+    /// ("ports matched by name"), and one slice may carry a subset of the ports.
+    #[test]
+    fn slice_ports_match_service_ports_by_name_and_protocol() {
+        let y = svc("s", TWO_PORTS)
+            + &slice("s-1", "s", "[{name: other, port: 9}, {name: http, port: 8080, protocol: UDP}, {name: https, port: 8443}]",
+                "[{addresses: [10.0.1.1]}]");
+        let (m, _) = build_yaml(&y);
+        assert_eq!(
+            eps(&m, "s"),
+            vec![
+                ("http".into(), vec![]),
+                (
+                    "https".into(),
+                    vec![ep("10.0.1.1:8443", true, true, false, false)]
+                ),
+            ]
+        );
+    }
+
+    /// Endpoints without an address, with an address that does not parse or of the wrong
+    /// family are skipped (the last two with a note); the rest of the slice is used.
+    #[test]
+    fn invalid_endpoints_are_skipped() {
+        let y = svc("s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}")
+            + &slice("s-1", "s", "[{port: 8080}]",
+                "[{addresses: []}, {addresses: [not-an-ip]}, {addresses: [\"fd00::1\"]}, {addresses: [10.0.1.1]}]");
+        let (m, notes) = build_yaml(&y);
+        assert_eq!(
+            eps(&m, "s"),
+            vec![(
+                "".into(),
+                vec![ep("10.0.1.1:8080", true, true, false, false)]
+            )]
+        );
+        let reasons: Vec<&str> = notes.iter().map(|n| n.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].contains("not-an-ip") && reasons[1].contains("fd00::1"),
+            "{reasons:?}"
+        );
+    }
+
+    /// `hints.forNodes` is read for this node; empty hints count as none.
+    #[test]
+    fn node_hints_are_read_for_this_node() {
+        let y = svc("s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}")
+            + &slice("s-1", "s", "[{port: 8080}]",
+                "[{addresses: [10.0.1.1], hints: {forNodes: [{name: node-a}]}}, {addresses: [10.0.1.2], hints: {forNodes: [{name: node-b}], forZones: [{name: z}]}}, {addresses: [10.0.1.3], hints: {forNodes: []}}, {addresses: [10.0.1.4]}]");
+        let (m, _) = build_yaml(&y);
+        let got: Vec<Option<bool>> = m.services[0]
+            .endpoints
+            .iter()
+            .map(|e| e.for_this_node)
+            .collect();
+        assert_eq!(got, [Some(true), Some(false), None, None]);
+        assert_eq!(
+            m.services[0].endpoints[1].zone_hints.as_deref(),
+            Some(&["z".to_string()][..])
+        );
+    }
+
+    /// servicechangetracker_test: only the ports of a Service are programmed, one per
+    /// port name; `healthCheckNodePort` only with `externalTrafficPolicy: Local`;
+    /// externalIPs of a family the node does not proxy are dropped.
+    #[test]
+    fn service_ports_as_the_change_tracker_builds_them() {
+        let y = svc("lb", "{type: LoadBalancer, clusterIP: 10.96.0.1, externalIPs: [\"1.2.3.4\", \"2001:db8::1\"], healthCheckNodePort: 32000, ports: [{name: p1, port: 80, nodePort: 30001}, {name: p2, port: 81, protocol: UDP, nodePort: 30002}]}")
+            + &svc("lbl", "{type: LoadBalancer, clusterIP: 10.96.0.2, externalTrafficPolicy: Local, healthCheckNodePort: 32001, ports: [{port: 80, nodePort: 30003}]}")
+            + &svc("cip", "{clusterIP: 10.96.0.3, ports: [{port: 80, nodePort: 30004}]}")
+            + &svc("headless", "{clusterIP: None, ports: [{port: 80}]}")
+            + &svc("ext", "{type: ExternalName, externalName: example.com}");
+        let (m, _) = build_yaml(&y);
+        type Row = (String, String, Option<u16>, Option<u16>, usize);
+        let got: Vec<Row> = m
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.port_name.clone(),
+                    s.node_port,
+                    s.health_check_node_port,
+                    s.external_ips.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cip".into(), "".into(), None, None, 0),
+                ("lb".into(), "p1".into(), Some(30001), None, 1),
+                ("lb".into(), "p2".into(), Some(30002), None, 1),
+                ("lbl".into(), "".into(), Some(30003), Some(32001), 0),
+            ]
+        );
+    }
 }
