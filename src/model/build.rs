@@ -569,7 +569,8 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
                 ip,
                 port,
                 ready,
-                serving: e.serving.unwrap_or(ready),
+                // Upstream: nil ready and nil serving are true, nil terminating false.
+                serving: e.serving.unwrap_or(true),
                 terminating: e.terminating.unwrap_or(false),
                 local: e.node_name.as_deref() == Some(node),
                 zone_hints: e
@@ -688,6 +689,7 @@ pub enum NodePortIps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::categorize;
 
     fn build_yaml(yaml: &str) -> (Model, Vec<Note>) {
         let mut objects = ClusterObjects::default();
@@ -801,6 +803,37 @@ mod tests {
                     vec![ep("10.0.1.1:8443", true, true, false, false)]
                 ),
             ]
+        );
+    }
+
+    /// endpointslicecache `addEndpoints`: nil ready and nil serving are true, nil
+    /// terminating false; a not-ready endpoint is kept (categorize decides its use).
+    #[test]
+    fn condition_defaults_follow_upstream() {
+        let y = svc("s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}")
+            + &slice("s-1", "s", "[{port: 8080}]",
+                "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2], conditions: {ready: false}}, {addresses: [10.0.1.3], conditions: {ready: false, terminating: true}}, {addresses: [10.0.1.4], conditions: {ready: false, serving: false, terminating: true}}]");
+        let (m, notes) = build_yaml(&y);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(
+            eps(&m, "s"),
+            vec![(
+                "".into(),
+                vec![
+                    ep("10.0.1.1:8080", true, true, false, false),
+                    ep("10.0.1.2:8080", false, true, false, false),
+                    ep("10.0.1.3:8080", false, true, true, false),
+                    ep("10.0.1.4:8080", false, false, true, false),
+                ]
+            )]
+        );
+        // Without the ready one, the terminating endpoint whose serving is nil is used.
+        let mut sp = m.services[0].clone();
+        sp.endpoints.remove(0);
+        let c = categorize(&sp, Family::V4, None);
+        assert_eq!(
+            c.cluster.iter().map(|e| e.sort_key()).collect::<Vec<_>>(),
+            ["10.0.1.3:8080"]
         );
     }
 
