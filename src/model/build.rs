@@ -75,7 +75,7 @@ pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Note>) 
         });
     }
     let node_ips = if opts.node_ips.is_empty() {
-        node.map(|n| node_addresses(n)).unwrap_or_default()
+        node.map(|n| node_addresses(n, notes)).unwrap_or_default()
     } else {
         opts.node_ips.clone()
     };
@@ -101,11 +101,10 @@ pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Note>) 
                 s.spec
                     .as_ref()?
                     .cluster_ip
-                    .as_deref()?
-                    .parse::<IpAddr>()
-                    .ok()
+                    .as_deref()
+                    .and_then(parse_ip_sloppy)
             })
-            .map(|ip| Family::of(&ip))
+            .map(|(ip, _)| Family::of(&ip))
             .collect();
         if families.is_empty() {
             families.insert(Family::V4);
@@ -196,12 +195,13 @@ fn object_key(m: &Meta) -> Option<(String, String)> {
 }
 
 /// InternalIPs first (kube-proxy's choice), ExternalIPs only when there is none.
-fn node_addresses(n: &Node) -> Vec<IpAddr> {
-    let pick = |t: &str| -> Vec<IpAddr> {
+fn node_addresses(n: &Node, notes: &mut Vec<Note>) -> Vec<IpAddr> {
+    let what = format!("Node {}", n.metadata.name.as_deref().unwrap_or(""));
+    let mut pick = |t: &str| -> Vec<IpAddr> {
         n.addresses
             .iter()
             .filter(|a| &*a.type_ == t)
-            .filter_map(|a| a.address.trim().parse().ok())
+            .filter_map(|a| object_ip(&a.address, &format!("{t} address"), &what, notes))
             .collect()
     };
     let internal = pick("InternalIP");
@@ -215,13 +215,11 @@ fn node_addresses(n: &Node) -> Vec<IpAddr> {
 fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Note>) -> Vec<IpNet> {
     let mut out = Vec::new();
     for sc in &o.service_cidrs {
+        let what = format!("ServiceCIDR {}", sc.metadata.name.as_deref().unwrap_or(""));
         for c in &sc.cidrs {
-            match parse_cidr(c) {
+            match object_cidr(c, "CIDR", &what, notes) {
                 Some(n) => out.push(n),
-                None => notes.push(skip(
-                    &format!("ServiceCIDR {}", sc.metadata.name.as_deref().unwrap_or("")),
-                    &format!("invalid CIDR {c:?} ignored"),
-                )),
+                None => notes.push(skip(&what, &format!("invalid CIDR {c:?} ignored"))),
             }
         }
     }
@@ -230,14 +228,119 @@ fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Note>) -> Vec<
     out
 }
 
-/// Parses a CIDR the way upstream tolerates it: surrounding spaces, host bits set.
+/// Parses a CIDR the way upstream tolerates it: surrounding spaces, host bits set, IPv4
+/// leading zeros (`ParseCIDRSloppy`), an IPv4-mapped address taken as IPv4.
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    parse_cidr_sloppy(s).map(|(n, _)| n)
+}
+
+/// `parse_cidr`, and why the text was not canonical (see `parse_ip_sloppy`).
+fn parse_cidr_sloppy(s: &str) -> Option<(IpNet, Option<&'static str>)> {
     let s = s.trim();
-    if let Ok(n) = s.parse::<IpNet>() {
-        return Some(n.trunc());
+    let Some((addr, len)) = s.split_once('/') else {
+        // A bare address is a host route.
+        return parse_ip_sloppy(s).map(|(ip, why)| (IpNet::from(ip), why));
+    };
+    if !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    // A bare address is a host route.
-    s.parse::<IpAddr>().ok().map(IpNet::from)
+    let len: u8 = len.parse().ok()?;
+    let (ip, why) = parse_ip_sloppy(addr)?;
+    // `::ffff:10.0.0.0/104` is 10.0.0.0/8.
+    let len = match (why, addr.trim().parse::<IpAddr>()) {
+        (Some(_), Ok(IpAddr::V6(_))) if ip.is_ipv4() => len.checked_sub(96)?,
+        _ => len,
+    };
+    Some((IpNet::new(ip, len).ok()?.trunc(), why))
+}
+
+/// `parse_cidr_sloppy` for a field of object `what`, with a note when not canonical.
+fn object_cidr(raw: &str, field: &str, what: &str, notes: &mut Vec<Note>) -> Option<IpNet> {
+    let (net, why) = parse_cidr_sloppy(raw)?;
+    if let Some(why) = why {
+        notes.push(sloppy_note(what, field, raw, why, &net.to_string()));
+    }
+    Some(net)
+}
+
+/// Reads an IP address from an object field as kube-proxy does (`netutils.ParseIPSloppy`,
+/// then Go's `net.IP` family test and printing): surrounding spaces tolerated, IPv4 octets
+/// with leading zeros read as decimal (`172.30.0.041` is 172.30.0.41; API servers before
+/// 1.33 accepted them), and an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) taken as the
+/// IPv4 address, which is how kube-proxy classifies (`To4() != nil`) and writes it. Returns
+/// the address and, when the text was not canonical, why (for a note).
+pub fn parse_ip_sloppy(s: &str) -> Option<(IpAddr, Option<&'static str>)> {
+    let s = s.trim();
+    let (ip, zeros) = match s.parse::<IpAddr>() {
+        Ok(ip) => (ip, false),
+        Err(_) => (leading_zero_ip(s)?, true),
+    };
+    let canonical = ip.to_canonical();
+    let why = match (zeros, canonical != ip) {
+        (_, true) => Some("is an IPv4-mapped IPv6 address; used as IPv4"),
+        (true, false) => Some("has leading zeros; read as decimal"),
+        (false, false) => None,
+    };
+    Some((canonical, why))
+}
+
+/// Dotted quads with leading zeros (at most 3 digits an octet, each at most 255), alone or
+/// as the tail of an IPv6 address, as Go 1.16's `net.ParseIP` read them.
+fn leading_zero_ip(s: &str) -> Option<IpAddr> {
+    let (head, quad) = match s.rfind(':') {
+        Some(i) => (Some(&s[..=i]), &s[i + 1..]),
+        None => (None, s),
+    };
+    let mut octets = [0u8; 4];
+    let mut parts = quad.split('.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    let v4 = std::net::Ipv4Addr::from(octets);
+    match head {
+        None => Some(IpAddr::V4(v4)),
+        Some(h) => format!("{h}{v4}").parse().ok(),
+    }
+}
+
+/// `parse_ip_sloppy` for a field of object `what`: the note says how a non-canonical
+/// address was read.
+fn object_ip(raw: &str, field: &str, what: &str, notes: &mut Vec<Note>) -> Option<IpAddr> {
+    let (ip, why) = parse_ip_sloppy(raw)?;
+    if let Some(why) = why {
+        notes.push(sloppy_note(what, field, raw, why, &ip.to_string()));
+    }
+    Some(ip)
+}
+
+fn sloppy_note(what: &str, field: &str, raw: &str, why: &str, read: &str) -> Note {
+    Note {
+        object: what.to_string(),
+        reason: format!("{field} {:?} {why} {read}, as kube-proxy does", raw.trim()),
+    }
+}
+
+/// An endpoint address: parsed by `objects` when canonical, else read sloppily here.
+fn address(a: &Address, field: &str, what: &str, notes: &mut Vec<Note>) -> Option<IpAddr> {
+    match a {
+        Address::Ip(ip) if ip.to_canonical() == *ip => Some(*ip),
+        Address::Ip(ip) => object_ip(&ip.to_string(), field, what, notes),
+        Address::Invalid(raw) => object_ip(raw, field, what, notes),
+    }
+}
+
+fn raw(a: &Address) -> String {
+    match a {
+        Address::Ip(ip) => ip.to_string(),
+        Address::Invalid(raw) => raw.to_string(),
+    }
 }
 
 /// DNS-1123 label: what namespaces and Service names must be. Everything we put in chain
@@ -290,14 +393,14 @@ fn service_ports(
     }
     let mut cluster_ips = Vec::new();
     for s in raw_ips {
-        match s.trim().parse::<IpAddr>() {
+        match object_ip(s, "clusterIP", what, notes).ok_or(()) {
             Ok(ip) if !families.contains(&Family::of(&ip)) => notes.push(skip(
                 what,
                 &format!("cluster IP {ip} is of an IP family this node does not proxy; ignored"),
             )),
             Ok(ip) if cluster_ips.iter().any(|c| Family::of(c) == Family::of(&ip)) => {}
             Ok(ip) => cluster_ips.push(ip),
-            Err(_) => {
+            Err(()) => {
                 notes.push(skip(what, &format!("invalid cluster IP {s:?}")));
                 return None;
             }
@@ -309,10 +412,10 @@ fn service_ports(
     let ips_of = |list: &[Box<str>], field: &str, notes: &mut Vec<Note>| -> Vec<IpAddr> {
         let mut out = Vec::new();
         for s in list {
-            match s.trim().parse::<IpAddr>() {
-                Ok(ip) if families.contains(&Family::of(&ip)) => out.push(ip),
-                Ok(_) => {}
-                Err(_) => notes.push(skip(what, &format!("invalid {field} {s:?} ignored"))),
+            match object_ip(s, field, what, notes) {
+                Some(ip) if families.contains(&Family::of(&ip)) => out.push(ip),
+                Some(_) => {}
+                None => notes.push(skip(what, &format!("invalid {field} {s:?} ignored"))),
             }
         }
         out.sort();
@@ -331,7 +434,7 @@ fn service_ports(
     let load_balancer_ips = ips_of(lb_raw, "load balancer ingress IP", notes);
     let mut load_balancer_source_ranges = Vec::new();
     for r in &spec.load_balancer_source_ranges {
-        match parse_cidr(r) {
+        match object_cidr(r, "loadBalancerSourceRange", what, notes) {
             Some(n) if families.contains(&net_family(&n)) => load_balancer_source_ranges.push(n),
             Some(_) => {}
             None => notes.push(skip(
@@ -544,15 +647,12 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
             let Some(addr) = &e.address else {
                 continue;
             };
-            let ip: IpAddr = match addr {
-                Address::Ip(ip) => *ip,
-                Address::Invalid(addr) => {
-                    notes.push(skip(
-                        &what,
-                        &format!("invalid endpoint address {addr:?} ignored"),
-                    ));
-                    continue;
-                }
+            let Some(ip) = address(addr, "endpoint address", &what, notes) else {
+                notes.push(skip(
+                    &what,
+                    &format!("invalid endpoint address {:?} ignored", raw(addr)),
+                ));
+                continue;
             };
             if ip.is_ipv6() != want_v6 {
                 notes.push(skip(
@@ -626,12 +726,12 @@ fn legacy_endpoints(
         ];
         for (list, ready) in all {
             for a in list.iter() {
-                let ip = match &a.ip {
-                    Address::Ip(ip) => *ip,
-                    Address::Invalid(raw) => {
-                        notes.push(skip(&what, &format!("invalid address {raw:?} ignored")));
-                        continue;
-                    }
+                let Some(ip) = address(&a.ip, "address", &what, notes) else {
+                    notes.push(skip(
+                        &what,
+                        &format!("invalid address {:?} ignored", raw(&a.ip)),
+                    ));
+                    continue;
                 };
                 let ep = Endpoint {
                     ip,
@@ -912,6 +1012,80 @@ mod tests {
                 ("lb".into(), "p2".into(), Some(30002), None, 1),
                 ("lbl".into(), "".into(), Some(30003), Some(32001), 0),
             ]
+        );
+    }
+
+    #[test]
+    fn sloppy_ips_read_as_kube_proxy_does() {
+        let p = |s: &str| parse_ip_sloppy(s).map(|(ip, why)| (ip.to_string(), why.is_some()));
+        assert_eq!(p("10.0.0.1"), Some(("10.0.0.1".into(), false)));
+        assert_eq!(p(" 172.30.0.041 "), Some(("172.30.0.41".into(), true)));
+        assert_eq!(p("010.001.000.255"), Some(("10.1.0.255".into(), true)));
+        assert_eq!(p("::ffff:10.0.0.1"), Some(("10.0.0.1".into(), true)));
+        assert_eq!(p("::ffff:010.0.0.01"), Some(("10.0.0.1".into(), true)));
+        assert_eq!(p("fd00::1"), Some(("fd00::1".into(), false)));
+        for bad in [
+            "10.0.0.256",
+            "10.0.0.0001",
+            "10.0.0",
+            "10.0.0.1.2",
+            "1e.0.0.1",
+            "",
+            "::ffff:10.0.0.0256",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+        let c = |s: &str| parse_cidr_sloppy(s).map(|(n, why)| (n.to_string(), why.is_some()));
+        assert_eq!(c("10.96.0.0/16"), Some(("10.96.0.0/16".into(), false)));
+        assert_eq!(c("010.096.0.0/16"), Some(("10.96.0.0/16".into(), true)));
+        assert_eq!(
+            c("::ffff:198.51.100.0/120"),
+            Some(("198.51.100.0/24".into(), true))
+        );
+        assert_eq!(c("::ffff:198.51.100.0/90"), None);
+        assert_eq!(c("10.0.0.0/33"), None);
+        assert_eq!(c("10.0.0.0/+8"), None);
+    }
+
+    /// Every object field that holds an address reads it sloppily, with a note naming the
+    /// object and field; nothing is dropped.
+    #[test]
+    fn sloppy_ips_in_every_field_are_noted_not_dropped() {
+        let y = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus: {addresses: [{type: InternalIP, address: 192.168.000.010}]}\n---\n".to_string()
+            + &svc("s", "{type: LoadBalancer, clusterIP: 10.96.0.041, externalIPs: [198.51.100.007, \"::ffff:198.51.100.8\"], loadBalancerSourceRanges: [203.000.113.0/24], ports: [{port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.010}]}}")
+            + &slice("s-1", "s", "[{port: 8080}]", "[{addresses: [10.244.0.05]}, {addresses: [\"::ffff:10.244.0.6\"]}]");
+        let (m, notes) = build_yaml(&y);
+        assert_eq!(m.node_ips, ["192.168.0.10".parse::<IpAddr>().unwrap()]);
+        let s = &m.services[0];
+        let strs = |v: &[IpAddr]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        assert_eq!(strs(&s.cluster_ips), ["10.96.0.41"]);
+        assert_eq!(strs(&s.external_ips), ["198.51.100.7", "198.51.100.8"]);
+        assert_eq!(strs(&s.load_balancer_ips), ["203.0.113.10"]);
+        assert_eq!(
+            s.load_balancer_source_ranges[0].to_string(),
+            "203.0.113.0/24"
+        );
+        let e: Vec<String> = s.endpoints.iter().map(Endpoint::sort_key).collect();
+        assert_eq!(e, ["10.244.0.5:8080", "10.244.0.6:8080"]);
+        let text: Vec<String> = notes.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 8, "{text:#?}");
+        assert!(text.contains(&"skipping Service ns/s: clusterIP \"10.96.0.041\" has leading zeros; read as decimal 10.96.0.41, as kube-proxy does".to_string()), "{text:#?}");
+        assert!(
+            text.iter()
+                .any(|t| t
+                    .starts_with("skipping Node node-a: InternalIP address \"192.168.000.010\"")),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains(
+                "\"::ffff:198.51.100.8\" is an IPv4-mapped IPv6 address; used as IPv4 198.51.100.8"
+            )),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter().any(|t| t
+                .starts_with("skipping EndpointSlice ns/s-1: endpoint address \"10.244.0.05\"")),
+            "{text:#?}"
         );
     }
 }
