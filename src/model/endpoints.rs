@@ -794,4 +794,27 @@ mod tests {
             },
         ]);
     }
+
+    /// Not an upstream case: the Local fallback to this node's serving terminating
+    /// endpoints for an internal-only Service (upstream covers it for eTP only).
+    #[test]
+    fn local_policy_falls_back_to_local_terminating_endpoints() {
+        run(vec![Case {
+            name: "internalTrafficPolicy: Local, only a local terminating endpoint",
+            zone: None,
+            svc: Svc {
+                internal_local: true,
+                ..CLUSTER
+            },
+            endpoints: vec![
+                e("10.1.2.3:80").ready(),
+                e("10.1.2.4:80").serving().terminating().local(),
+                e("10.1.2.5:80").terminating().local(),
+            ],
+            cluster: None,
+            local: Some(&["10.1.2.4:80"]),
+            all: None,
+            only_remote: false,
+        }]);
+    }
 }
