@@ -1088,4 +1088,209 @@ mod tests {
             "{text:#?}"
         );
     }
+
+    /// Upstream's `generateEndpointSlice`: endpoints 10.0.<slice>.<i> for i in 1..=n, on
+    /// `hosts[i % len]`; with r = (i % unready != 0) and t = (i % terminating == 0): ready
+    /// r && !t, serving r, terminating t; ports `port-<j>` (TCP) numbered `ports[j]`.
+    #[allow(clippy::too_many_arguments)]
+    fn gen_slice(
+        svc: &str,
+        ns: &str,
+        slice: u32,
+        n: u32,
+        unready: u32,
+        terminating: u32,
+        hosts: &[&str],
+        ports: &[Option<u16>],
+    ) -> String {
+        let mut eps = String::new();
+        for i in 1..=n {
+            let ready = i % unready != 0;
+            let term = i % terminating == 0;
+            let node = if hosts.is_empty() {
+                String::new()
+            } else {
+                format!(", nodeName: {}", hosts[i as usize % hosts.len()])
+            };
+            eps += &format!(
+                "- {{addresses: [10.0.{slice}.{i}], conditions: {{ready: {}, serving: {}, terminating: {term}}}{node}}}\n",
+                ready && !term,
+                ready,
+            );
+        }
+        let ports: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(j, p)| match p {
+                Some(p) => format!("{{name: port-{j}, port: {p}, protocol: TCP}}"),
+                None => format!("{{name: port-{j}, protocol: TCP}}"),
+            })
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {svc}-{slice}, namespace: {ns}, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{}]\nendpoints:\n{eps}---\n",
+            ports.join(", ")
+        )
+    }
+
+    fn gen_service(svc: &str, ns: &str, ports: &[u16]) -> String {
+        let ports: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("{{name: port-{j}, port: {p}}}"))
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: {ns}}}\nspec: {{clusterIP: 10.96.0.1, ports: [{}]}}\n---\n",
+            ports.join(", ")
+        )
+    }
+
+    /// The endpoints of Service ns1/svc1 built for node `host1`, per port name.
+    fn svc1_endpoints(y: &str) -> Eps {
+        let mut objects = ClusterObjects::default();
+        objects.add_text("t.yaml", y, &mut Vec::new()).unwrap();
+        objects.sort();
+        let opts = Options {
+            hostname: "host1".into(),
+            ..Options::default()
+        };
+        let (m, _) = build(&objects, &opts);
+        m.services
+            .iter()
+            .filter(|s| s.namespace == "ns1" && s.name == "svc1")
+            .map(|s| {
+                let e = s.endpoints.iter();
+                let e = e.map(|e| (e.sort_key(), e.ready, e.serving, e.terminating, e.local));
+                (s.port_name.clone(), e.collect())
+            })
+            .collect()
+    }
+
+    /// kubernetes/kubernetes `pkg/proxy/endpointslicecache_test.go` `TestEndpointsMapFromESC`,
+    /// the cases that apply to a snapshot build, under upstream's names. Left out: "2
+    /// overlapping slices, same port" and the three "2 slices, overlapping endpoints, ..."
+    /// cases, whose two slices share one name, so they test the cache replacing a slice by
+    /// its update, which a snapshot never sees.
+    #[test]
+    fn upstream_endpoints_map_from_esc() {
+        let up = |i: u32, port: u16, local: bool| {
+            ep(&format!("10.0.1.{i}:{port}"), true, true, false, local)
+        };
+        let svc = gen_service("svc1", "ns1", &[80, 443]);
+        let y = svc.clone()
+            + &gen_slice(
+                "svc1",
+                "ns1",
+                1,
+                3,
+                999,
+                999,
+                &["host1", "host2"],
+                &[Some(80), Some(443)],
+            );
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![
+                (
+                    "port-0".into(),
+                    vec![up(1, 80, false), up(2, 80, true), up(3, 80, false)]
+                ),
+                (
+                    "port-1".into(),
+                    vec![up(1, 443, false), up(2, 443, true), up(3, 443, false)]
+                ),
+            ],
+            "1 slice, 2 hosts, ports 80,443"
+        );
+
+        let svc = gen_service("svc1", "ns1", &[80]);
+        let y = svc.clone()
+            + &gen_slice("svc1", "ns1", 1, 3, 999, 999, &[], &[Some(80)])
+            + &gen_slice("svc1", "ns1", 2, 3, 999, 999, &[], &[Some(80)]);
+        let two: Vec<_> = (1..=2)
+            .flat_map(|s| {
+                (1..=3).map(move |i| ep(&format!("10.0.{s}.{i}:80"), true, true, false, false))
+            })
+            .collect();
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![("port-0".into(), two)],
+            "2 slices, same port"
+        );
+
+        let y = svc.clone()
+            + &gen_service("svc2", "ns1", &[80])
+            + &gen_service("svc1", "ns2", &[80])
+            + &gen_slice("svc1", "ns1", 1, 3, 999, 999, &[], &[Some(80)])
+            + &gen_slice("svc2", "ns1", 2, 3, 999, 999, &[], &[Some(80)])
+            + &gen_slice("svc1", "ns2", 3, 3, 999, 999, &[], &[Some(80)]);
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![(
+                "port-0".into(),
+                vec![up(1, 80, false), up(2, 80, false), up(3, 80, false)]
+            )],
+            "3 slices with different services and namespaces"
+        );
+
+        let y =
+            svc.clone() + &gen_slice("svc1", "ns1", 1, 3, 999, 999, &["host1", "host2"], &[None]);
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![("port-0".into(), vec![])],
+            "Nil port should not break anything"
+        );
+
+        // generateEndpointSliceWithOffset: both slices hold 10.0.1.1 and 10.0.1.2.
+        let y =
+            svc + &gen_slice(
+                "svc1",
+                "ns1",
+                1,
+                2,
+                999,
+                999,
+                &["host1", "host2"],
+                &[Some(80)],
+            ) + &gen_slice(
+                "svc1",
+                "ns1",
+                1,
+                2,
+                999,
+                999,
+                &["host1", "host2"],
+                &[Some(8080)],
+            )
+            .replace("name: svc1-1,", "name: svc1-2,");
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![(
+                "port-0".into(),
+                vec![
+                    up(1, 80, false),
+                    up(1, 8080, false),
+                    up(2, 80, true),
+                    up(2, 8080, true)
+                ]
+            )],
+            "Different endpoints with duplicate IPs should not be filtered"
+        );
+
+        // Conditions as generated: not ready, serving terminating.
+        let y = gen_service("svc1", "ns1", &[80])
+            + &gen_slice("svc1", "ns1", 1, 6, 3, 5, &[], &[Some(80)]);
+        let got = svc1_endpoints(&y);
+        let flags: Vec<(bool, bool, bool)> = got[0].1.iter().map(|e| (e.1, e.2, e.3)).collect();
+        assert_eq!(
+            flags,
+            [
+                (true, true, false),
+                (true, true, false),
+                (false, false, false),
+                (true, true, false),
+                (false, true, true),
+                (false, false, false),
+            ]
+        );
+    }
 }
