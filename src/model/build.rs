@@ -75,7 +75,7 @@ pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Note>) 
         });
     }
     let node_ips = if opts.node_ips.is_empty() {
-        node.map(|n| node_addresses(n)).unwrap_or_default()
+        node.map(|n| node_addresses(n, notes)).unwrap_or_default()
     } else {
         opts.node_ips.clone()
     };
@@ -101,11 +101,10 @@ pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Note>) 
                 s.spec
                     .as_ref()?
                     .cluster_ip
-                    .as_deref()?
-                    .parse::<IpAddr>()
-                    .ok()
+                    .as_deref()
+                    .and_then(parse_ip_sloppy)
             })
-            .map(|ip| Family::of(&ip))
+            .map(|(ip, _)| Family::of(&ip))
             .collect();
         if families.is_empty() {
             families.insert(Family::V4);
@@ -197,12 +196,13 @@ fn object_key(m: &Meta) -> Option<(String, String)> {
 }
 
 /// InternalIPs first (kube-proxy's choice), ExternalIPs only when there is none.
-fn node_addresses(n: &Node) -> Vec<IpAddr> {
-    let pick = |t: &str| -> Vec<IpAddr> {
+fn node_addresses(n: &Node, notes: &mut Vec<Note>) -> Vec<IpAddr> {
+    let what = format!("Node {}", n.metadata.name.as_deref().unwrap_or(""));
+    let mut pick = |t: &str| -> Vec<IpAddr> {
         n.addresses
             .iter()
             .filter(|a| &*a.type_ == t)
-            .filter_map(|a| a.address.trim().parse().ok())
+            .filter_map(|a| object_ip(&a.address, &format!("{t} address"), &what, notes))
             .collect()
     };
     let internal = pick("InternalIP");
@@ -216,13 +216,11 @@ fn node_addresses(n: &Node) -> Vec<IpAddr> {
 fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Note>) -> Vec<IpNet> {
     let mut out = Vec::new();
     for sc in &o.service_cidrs {
+        let what = format!("ServiceCIDR {}", sc.metadata.name.as_deref().unwrap_or(""));
         for c in &sc.cidrs {
-            match parse_cidr(c) {
+            match object_cidr(c, "CIDR", &what, notes) {
                 Some(n) => out.push(n),
-                None => notes.push(skip(
-                    &format!("ServiceCIDR {}", sc.metadata.name.as_deref().unwrap_or("")),
-                    &format!("invalid CIDR {c:?} ignored"),
-                )),
+                None => notes.push(skip(&what, &format!("invalid CIDR {c:?} ignored"))),
             }
         }
     }
@@ -231,14 +229,119 @@ fn service_cidrs_from_objects(o: &ClusterObjects, notes: &mut Vec<Note>) -> Vec<
     out
 }
 
-/// Parses a CIDR the way upstream tolerates it: surrounding spaces, host bits set.
+/// Parses a CIDR the way upstream tolerates it: surrounding spaces, host bits set, IPv4
+/// leading zeros (`ParseCIDRSloppy`), an IPv4-mapped address taken as IPv4.
 pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    parse_cidr_sloppy(s).map(|(n, _)| n)
+}
+
+/// `parse_cidr`, and why the text was not canonical (see `parse_ip_sloppy`).
+fn parse_cidr_sloppy(s: &str) -> Option<(IpNet, Option<&'static str>)> {
     let s = s.trim();
-    if let Ok(n) = s.parse::<IpNet>() {
-        return Some(n.trunc());
+    let Some((addr, len)) = s.split_once('/') else {
+        // A bare address is a host route.
+        return parse_ip_sloppy(s).map(|(ip, why)| (IpNet::from(ip), why));
+    };
+    if !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    // A bare address is a host route.
-    s.parse::<IpAddr>().ok().map(IpNet::from)
+    let len: u8 = len.parse().ok()?;
+    let (ip, why) = parse_ip_sloppy(addr)?;
+    // `::ffff:10.0.0.0/104` is 10.0.0.0/8.
+    let len = match (why, addr.trim().parse::<IpAddr>()) {
+        (Some(_), Ok(IpAddr::V6(_))) if ip.is_ipv4() => len.checked_sub(96)?,
+        _ => len,
+    };
+    Some((IpNet::new(ip, len).ok()?.trunc(), why))
+}
+
+/// `parse_cidr_sloppy` for a field of object `what`, with a note when not canonical.
+fn object_cidr(raw: &str, field: &str, what: &str, notes: &mut Vec<Note>) -> Option<IpNet> {
+    let (net, why) = parse_cidr_sloppy(raw)?;
+    if let Some(why) = why {
+        notes.push(sloppy_note(what, field, raw, why, &net.to_string()));
+    }
+    Some(net)
+}
+
+/// Reads an IP address from an object field as kube-proxy does (`netutils.ParseIPSloppy`,
+/// then Go's `net.IP` family test and printing): surrounding spaces tolerated, IPv4 octets
+/// with leading zeros read as decimal (`172.30.0.041` is 172.30.0.41; API servers before
+/// 1.33 accepted them), and an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) taken as the
+/// IPv4 address, which is how kube-proxy classifies (`To4() != nil`) and writes it. Returns
+/// the address and, when the text was not canonical, why (for a note).
+pub fn parse_ip_sloppy(s: &str) -> Option<(IpAddr, Option<&'static str>)> {
+    let s = s.trim();
+    let (ip, zeros) = match s.parse::<IpAddr>() {
+        Ok(ip) => (ip, false),
+        Err(_) => (leading_zero_ip(s)?, true),
+    };
+    let canonical = ip.to_canonical();
+    let why = match (zeros, canonical != ip) {
+        (_, true) => Some("is an IPv4-mapped IPv6 address; used as IPv4"),
+        (true, false) => Some("has leading zeros; read as decimal"),
+        (false, false) => None,
+    };
+    Some((canonical, why))
+}
+
+/// Dotted quads with leading zeros (at most 3 digits an octet, each at most 255), alone or
+/// as the tail of an IPv6 address, as Go 1.16's `net.ParseIP` read them.
+fn leading_zero_ip(s: &str) -> Option<IpAddr> {
+    let (head, quad) = match s.rfind(':') {
+        Some(i) => (Some(&s[..=i]), &s[i + 1..]),
+        None => (None, s),
+    };
+    let mut octets = [0u8; 4];
+    let mut parts = quad.split('.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    let v4 = std::net::Ipv4Addr::from(octets);
+    match head {
+        None => Some(IpAddr::V4(v4)),
+        Some(h) => format!("{h}{v4}").parse().ok(),
+    }
+}
+
+/// `parse_ip_sloppy` for a field of object `what`: the note says how a non-canonical
+/// address was read.
+fn object_ip(raw: &str, field: &str, what: &str, notes: &mut Vec<Note>) -> Option<IpAddr> {
+    let (ip, why) = parse_ip_sloppy(raw)?;
+    if let Some(why) = why {
+        notes.push(sloppy_note(what, field, raw, why, &ip.to_string()));
+    }
+    Some(ip)
+}
+
+fn sloppy_note(what: &str, field: &str, raw: &str, why: &str, read: &str) -> Note {
+    Note {
+        object: what.to_string(),
+        reason: format!("{field} {:?} {why} {read}, as kube-proxy does", raw.trim()),
+    }
+}
+
+/// An endpoint address: parsed by `objects` when canonical, else read sloppily here.
+fn address(a: &Address, field: &str, what: &str, notes: &mut Vec<Note>) -> Option<IpAddr> {
+    match a {
+        Address::Ip(ip) if ip.to_canonical() == *ip => Some(*ip),
+        Address::Ip(ip) => object_ip(&ip.to_string(), field, what, notes),
+        Address::Invalid(raw) => object_ip(raw, field, what, notes),
+    }
+}
+
+fn raw(a: &Address) -> String {
+    match a {
+        Address::Ip(ip) => ip.to_string(),
+        Address::Invalid(raw) => raw.to_string(),
+    }
 }
 
 /// DNS-1123 label: what namespaces and Service names must be. Everything we put in chain
@@ -291,14 +394,14 @@ fn service_ports(
     }
     let mut cluster_ips = Vec::new();
     for s in raw_ips {
-        match s.trim().parse::<IpAddr>() {
+        match object_ip(s, "clusterIP", what, notes).ok_or(()) {
             Ok(ip) if !families.contains(&Family::of(&ip)) => notes.push(skip(
                 what,
                 &format!("cluster IP {ip} is of an IP family this node does not proxy; ignored"),
             )),
             Ok(ip) if cluster_ips.iter().any(|c| Family::of(c) == Family::of(&ip)) => {}
             Ok(ip) => cluster_ips.push(ip),
-            Err(_) => {
+            Err(()) => {
                 notes.push(skip(what, &format!("invalid cluster IP {s:?}")));
                 return None;
             }
@@ -310,10 +413,10 @@ fn service_ports(
     let ips_of = |list: &[Box<str>], field: &str, notes: &mut Vec<Note>| -> Vec<IpAddr> {
         let mut out = Vec::new();
         for s in list {
-            match s.trim().parse::<IpAddr>() {
-                Ok(ip) if families.contains(&Family::of(&ip)) => out.push(ip),
-                Ok(_) => {}
-                Err(_) => notes.push(skip(what, &format!("invalid {field} {s:?} ignored"))),
+            match object_ip(s, field, what, notes) {
+                Some(ip) if families.contains(&Family::of(&ip)) => out.push(ip),
+                Some(_) => {}
+                None => notes.push(skip(what, &format!("invalid {field} {s:?} ignored"))),
             }
         }
         out.sort();
@@ -332,7 +435,7 @@ fn service_ports(
     let load_balancer_ips = ips_of(lb_raw, "load balancer ingress IP", notes);
     let mut load_balancer_source_ranges = Vec::new();
     for r in &spec.load_balancer_source_ranges {
-        match parse_cidr(r) {
+        match object_cidr(r, "loadBalancerSourceRange", what, notes) {
             Some(n) if families.contains(&net_family(&n)) => load_balancer_source_ranges.push(n),
             Some(_) => {}
             None => notes.push(skip(
@@ -545,15 +648,12 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
             let Some(addr) = &e.address else {
                 continue;
             };
-            let ip: IpAddr = match addr {
-                Address::Ip(ip) => *ip,
-                Address::Invalid(addr) => {
-                    notes.push(skip(
-                        &what,
-                        &format!("invalid endpoint address {addr:?} ignored"),
-                    ));
-                    continue;
-                }
+            let Some(ip) = address(addr, "endpoint address", &what, notes) else {
+                notes.push(skip(
+                    &what,
+                    &format!("invalid endpoint address {:?} ignored", raw(addr)),
+                ));
+                continue;
             };
             if ip.is_ipv6() != want_v6 {
                 notes.push(skip(
@@ -570,13 +670,21 @@ fn slice_endpoints<S: AsRef<EndpointSlice>>(
                 ip,
                 port,
                 ready,
-                serving: e.serving.unwrap_or(ready),
+                // Upstream: nil ready and nil serving are true, nil terminating false.
+                serving: e.serving.unwrap_or(true),
                 terminating: e.terminating.unwrap_or(false),
                 local: e.node_name.as_deref() == Some(node),
                 zone_hints: e
-                    .zone_hints
+                    .hints
                     .as_ref()
+                    .and_then(|h| h.zones.as_ref())
                     .map(|z| z.iter().map(|z| z.to_string()).collect()),
+                for_this_node: e
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.nodes.as_ref())
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.iter().any(|n| **n == *node)),
             };
             add_endpoint(&mut out, ep, &what, notes);
         }
@@ -619,12 +727,12 @@ fn legacy_endpoints(
         ];
         for (list, ready) in all {
             for a in list.iter() {
-                let ip = match &a.ip {
-                    Address::Ip(ip) => *ip,
-                    Address::Invalid(raw) => {
-                        notes.push(skip(&what, &format!("invalid address {raw:?} ignored")));
-                        continue;
-                    }
+                let Some(ip) = address(&a.ip, "address", &what, notes) else {
+                    notes.push(skip(
+                        &what,
+                        &format!("invalid address {:?} ignored", raw(&a.ip)),
+                    ));
+                    continue;
                 };
                 let ep = Endpoint {
                     ip,
@@ -634,6 +742,7 @@ fn legacy_endpoints(
                     terminating: false,
                     local: a.node_name.as_deref() == Some(node),
                     zone_hints: None,
+                    for_this_node: None,
                 };
                 add_endpoint(&mut out, ep, &what, notes);
             }
@@ -684,4 +793,513 @@ pub enum NodePortIps {
     List(Vec<IpAddr>),
     /// Every local address (`fib daddr type local`), loopback excluded.
     AllLocal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::categorize;
+
+    fn build_yaml(yaml: &str) -> (Model, Vec<Note>) {
+        let mut objects = ClusterObjects::default();
+        objects.add_text("t.yaml", yaml, &mut Vec::new()).unwrap();
+        objects.sort();
+        let opts = Options {
+            hostname: "node-a".into(),
+            ..Options::default()
+        };
+        build(&objects, &opts)
+    }
+
+    fn svc(name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {spec}\n---\n"
+        )
+    }
+
+    fn slice(name: &str, svc: &str, ports: &str, endpoints: &str) -> String {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ns, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: {ports}\nendpoints: {endpoints}\n---\n"
+        )
+    }
+
+    /// `(port name, [(IP:port, ready, serving, terminating, local)])` of every port.
+    type Eps = Vec<(String, Vec<(String, bool, bool, bool, bool)>)>;
+
+    fn eps(m: &Model, name: &str) -> Eps {
+        m.services
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| {
+                let e = s.endpoints.iter();
+                let e = e.map(|e| (e.sort_key(), e.ready, e.serving, e.terminating, e.local));
+                (s.port_name.clone(), e.collect())
+            })
+            .collect()
+    }
+
+    fn ep(
+        k: &str,
+        ready: bool,
+        serving: bool,
+        terminating: bool,
+        local: bool,
+    ) -> (String, bool, bool, bool, bool) {
+        (k.to_string(), ready, serving, terminating, local)
+    }
+
+    const TWO_PORTS: &str =
+        "{clusterIP: 10.96.0.1, ports: [{name: http, port: 80}, {name: https, port: 443}]}";
+
+    /// endpointslicecache_test `TestEndpointsMapFromESC` "2 slices, same port" and
+    /// "2 slices, with some endpoints overlapping": slices of one Service merge per port
+    /// (matched by name), an endpoint in two slices counts once.
+    #[test]
+    fn slices_merge_by_port_name_and_duplicates_count_once() {
+        let y = svc("s", TWO_PORTS)
+            + &slice(
+                "s-1",
+                "s",
+                "[{name: http, port: 8080}, {name: https, port: 8443}]",
+                "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}]",
+            )
+            + &slice(
+                "s-2",
+                "s",
+                "[{name: http, port: 8080}]",
+                "[{addresses: [10.0.1.2], nodeName: node-a}, {addresses: [10.0.1.3]}]",
+            );
+        let (m, notes) = build_yaml(&y);
+        assert_eq!(
+            eps(&m, "s"),
+            vec![
+                (
+                    "http".into(),
+                    vec![
+                        ep("10.0.1.1:8080", true, true, false, false),
+                        // The duplicate keeps the local copy, as upstream does.
+                        ep("10.0.1.2:8080", true, true, false, true),
+                        ep("10.0.1.3:8080", true, true, false, false),
+                    ]
+                ),
+                (
+                    "https".into(),
+                    vec![
+                        ep("10.0.1.1:8443", true, true, false, false),
+                        ep("10.0.1.2:8443", true, true, false, false),
+                    ]
+                ),
+            ]
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].reason.contains("duplicate endpoint 10.0.1.2:8080"));
+    }
+
+    /// endpointslicecache: a slice port whose name matches no Service port adds nothing
+    /// ("ports matched by name"), and one slice may carry a subset of the ports.
+    #[test]
+    fn slice_ports_match_service_ports_by_name_and_protocol() {
+        let y = svc("s", TWO_PORTS)
+            + &slice("s-1", "s", "[{name: other, port: 9}, {name: http, port: 8080, protocol: UDP}, {name: https, port: 8443}]",
+                "[{addresses: [10.0.1.1]}]");
+        let (m, _) = build_yaml(&y);
+        assert_eq!(
+            eps(&m, "s"),
+            vec![
+                ("http".into(), vec![]),
+                (
+                    "https".into(),
+                    vec![ep("10.0.1.1:8443", true, true, false, false)]
+                ),
+            ]
+        );
+    }
+
+    /// endpointslicecache `addEndpoints`: nil ready and nil serving are true, nil
+    /// terminating false; a not-ready endpoint is kept (categorize decides its use).
+    #[test]
+    fn condition_defaults_follow_upstream() {
+        let y = svc("s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}")
+            + &slice("s-1", "s", "[{port: 8080}]",
+                "[{addresses: [10.0.1.1]}, {addresses: [10.0.1.2], conditions: {ready: false}}, {addresses: [10.0.1.3], conditions: {ready: false, terminating: true}}, {addresses: [10.0.1.4], conditions: {ready: false, serving: false, terminating: true}}]");
+        let (m, notes) = build_yaml(&y);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(
+            eps(&m, "s"),
+            vec![(
+                "".into(),
+                vec![
+                    ep("10.0.1.1:8080", true, true, false, false),
+                    ep("10.0.1.2:8080", false, true, false, false),
+                    ep("10.0.1.3:8080", false, true, true, false),
+                    ep("10.0.1.4:8080", false, false, true, false),
+                ]
+            )]
+        );
+        // Without the ready one, the terminating endpoint whose serving is nil is used.
+        let mut sp = m.services[0].clone();
+        sp.endpoints.remove(0);
+        let c = categorize(&sp, Family::V4, None);
+        assert_eq!(
+            c.cluster.iter().map(|e| e.sort_key()).collect::<Vec<_>>(),
+            ["10.0.1.3:8080"]
+        );
+    }
+
+    /// Endpoints without an address, with an address that does not parse or of the wrong
+    /// family are skipped (the last two with a note); the rest of the slice is used.
+    #[test]
+    fn invalid_endpoints_are_skipped() {
+        let y = svc("s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}")
+            + &slice("s-1", "s", "[{port: 8080}]",
+                "[{addresses: []}, {addresses: [not-an-ip]}, {addresses: [\"fd00::1\"]}, {addresses: [10.0.1.1]}]");
+        let (m, notes) = build_yaml(&y);
+        assert_eq!(
+            eps(&m, "s"),
+            vec![(
+                "".into(),
+                vec![ep("10.0.1.1:8080", true, true, false, false)]
+            )]
+        );
+        let reasons: Vec<&str> = notes.iter().map(|n| n.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].contains("not-an-ip") && reasons[1].contains("fd00::1"),
+            "{reasons:?}"
+        );
+    }
+
+    /// `hints.forNodes` is read for this node; empty hints count as none.
+    #[test]
+    fn node_hints_are_read_for_this_node() {
+        let y = svc("s", "{clusterIP: 10.96.0.1, ports: [{port: 80}]}")
+            + &slice("s-1", "s", "[{port: 8080}]",
+                "[{addresses: [10.0.1.1], hints: {forNodes: [{name: node-a}]}}, {addresses: [10.0.1.2], hints: {forNodes: [{name: node-b}], forZones: [{name: z}]}}, {addresses: [10.0.1.3], hints: {forNodes: []}}, {addresses: [10.0.1.4]}]");
+        let (m, _) = build_yaml(&y);
+        let got: Vec<Option<bool>> = m.services[0]
+            .endpoints
+            .iter()
+            .map(|e| e.for_this_node)
+            .collect();
+        assert_eq!(got, [Some(true), Some(false), None, None]);
+        assert_eq!(
+            m.services[0].endpoints[1].zone_hints.as_deref(),
+            Some(&["z".to_string()][..])
+        );
+    }
+
+    /// servicechangetracker_test: only the ports of a Service are programmed, one per
+    /// port name; `healthCheckNodePort` only with `externalTrafficPolicy: Local`;
+    /// externalIPs of a family the node does not proxy are dropped.
+    #[test]
+    fn service_ports_as_the_change_tracker_builds_them() {
+        let y = svc("lb", "{type: LoadBalancer, clusterIP: 10.96.0.1, externalIPs: [\"1.2.3.4\", \"2001:db8::1\"], healthCheckNodePort: 32000, ports: [{name: p1, port: 80, nodePort: 30001}, {name: p2, port: 81, protocol: UDP, nodePort: 30002}]}")
+            + &svc("lbl", "{type: LoadBalancer, clusterIP: 10.96.0.2, externalTrafficPolicy: Local, healthCheckNodePort: 32001, ports: [{port: 80, nodePort: 30003}]}")
+            + &svc("cip", "{clusterIP: 10.96.0.3, ports: [{port: 80, nodePort: 30004}]}")
+            + &svc("headless", "{clusterIP: None, ports: [{port: 80}]}")
+            + &svc("ext", "{type: ExternalName, externalName: example.com}");
+        let (m, _) = build_yaml(&y);
+        type Row = (String, String, Option<u16>, Option<u16>, usize);
+        let got: Vec<Row> = m
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.port_name.clone(),
+                    s.node_port,
+                    s.health_check_node_port,
+                    s.external_ips.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cip".into(), "".into(), None, None, 0),
+                ("lb".into(), "p1".into(), Some(30001), None, 1),
+                ("lb".into(), "p2".into(), Some(30002), None, 1),
+                ("lbl".into(), "".into(), Some(30003), Some(32001), 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn sloppy_ips_read_as_kube_proxy_does() {
+        let p = |s: &str| parse_ip_sloppy(s).map(|(ip, why)| (ip.to_string(), why.is_some()));
+        assert_eq!(p("10.0.0.1"), Some(("10.0.0.1".into(), false)));
+        assert_eq!(p(" 172.30.0.041 "), Some(("172.30.0.41".into(), true)));
+        assert_eq!(p("010.001.000.255"), Some(("10.1.0.255".into(), true)));
+        assert_eq!(p("::ffff:10.0.0.1"), Some(("10.0.0.1".into(), true)));
+        assert_eq!(p("::ffff:010.0.0.01"), Some(("10.0.0.1".into(), true)));
+        assert_eq!(p("fd00::1"), Some(("fd00::1".into(), false)));
+        for bad in [
+            "10.0.0.256",
+            "10.0.0.0001",
+            "10.0.0",
+            "10.0.0.1.2",
+            "1e.0.0.1",
+            "",
+            "::ffff:10.0.0.0256",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+        let c = |s: &str| parse_cidr_sloppy(s).map(|(n, why)| (n.to_string(), why.is_some()));
+        assert_eq!(c("10.96.0.0/16"), Some(("10.96.0.0/16".into(), false)));
+        assert_eq!(c("010.096.0.0/16"), Some(("10.96.0.0/16".into(), true)));
+        assert_eq!(
+            c("::ffff:198.51.100.0/120"),
+            Some(("198.51.100.0/24".into(), true))
+        );
+        assert_eq!(c("::ffff:198.51.100.0/90"), None);
+        assert_eq!(c("10.0.0.0/33"), None);
+        assert_eq!(c("10.0.0.0/+8"), None);
+    }
+
+    /// Every object field that holds an address reads it sloppily, with a note naming the
+    /// object and field; nothing is dropped.
+    #[test]
+    fn sloppy_ips_in_every_field_are_noted_not_dropped() {
+        let y = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus: {addresses: [{type: InternalIP, address: 192.168.000.010}]}\n---\n".to_string()
+            + &svc("s", "{type: LoadBalancer, clusterIP: 10.96.0.041, externalIPs: [198.51.100.007, \"::ffff:198.51.100.8\"], loadBalancerSourceRanges: [203.000.113.0/24], ports: [{port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.010}]}}")
+            + &slice("s-1", "s", "[{port: 8080}]", "[{addresses: [10.244.0.05]}, {addresses: [\"::ffff:10.244.0.6\"]}]");
+        let (m, notes) = build_yaml(&y);
+        assert_eq!(m.node_ips, ["192.168.0.10".parse::<IpAddr>().unwrap()]);
+        let s = &m.services[0];
+        let strs = |v: &[IpAddr]| v.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        assert_eq!(strs(&s.cluster_ips), ["10.96.0.41"]);
+        assert_eq!(strs(&s.external_ips), ["198.51.100.7", "198.51.100.8"]);
+        assert_eq!(strs(&s.load_balancer_ips), ["203.0.113.10"]);
+        assert_eq!(
+            s.load_balancer_source_ranges[0].to_string(),
+            "203.0.113.0/24"
+        );
+        let e: Vec<String> = s.endpoints.iter().map(Endpoint::sort_key).collect();
+        assert_eq!(e, ["10.244.0.5:8080", "10.244.0.6:8080"]);
+        let text: Vec<String> = notes.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 8, "{text:#?}");
+        assert!(text.contains(&"skipping Service ns/s: clusterIP \"10.96.0.041\" has leading zeros; read as decimal 10.96.0.41, as kube-proxy does".to_string()), "{text:#?}");
+        assert!(
+            text.iter()
+                .any(|t| t
+                    .starts_with("skipping Node node-a: InternalIP address \"192.168.000.010\"")),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains(
+                "\"::ffff:198.51.100.8\" is an IPv4-mapped IPv6 address; used as IPv4 198.51.100.8"
+            )),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter().any(|t| t
+                .starts_with("skipping EndpointSlice ns/s-1: endpoint address \"10.244.0.05\"")),
+            "{text:#?}"
+        );
+    }
+
+    /// Upstream's `generateEndpointSlice`: endpoints 10.0.<slice>.<i> for i in 1..=n, on
+    /// `hosts[i % len]`; with r = (i % unready != 0) and t = (i % terminating == 0): ready
+    /// r && !t, serving r, terminating t; ports `port-<j>` (TCP) numbered `ports[j]`.
+    #[allow(clippy::too_many_arguments)]
+    fn gen_slice(
+        svc: &str,
+        ns: &str,
+        slice: u32,
+        n: u32,
+        unready: u32,
+        terminating: u32,
+        hosts: &[&str],
+        ports: &[Option<u16>],
+    ) -> String {
+        let mut eps = String::new();
+        for i in 1..=n {
+            let ready = i % unready != 0;
+            let term = i % terminating == 0;
+            let node = if hosts.is_empty() {
+                String::new()
+            } else {
+                format!(", nodeName: {}", hosts[i as usize % hosts.len()])
+            };
+            eps += &format!(
+                "- {{addresses: [10.0.{slice}.{i}], conditions: {{ready: {}, serving: {}, terminating: {term}}}{node}}}\n",
+                ready && !term,
+                ready,
+            );
+        }
+        let ports: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(j, p)| match p {
+                Some(p) => format!("{{name: port-{j}, port: {p}, protocol: TCP}}"),
+                None => format!("{{name: port-{j}, protocol: TCP}}"),
+            })
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {svc}-{slice}, namespace: {ns}, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{}]\nendpoints:\n{eps}---\n",
+            ports.join(", ")
+        )
+    }
+
+    fn gen_service(svc: &str, ns: &str, ports: &[u16]) -> String {
+        let ports: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("{{name: port-{j}, port: {p}}}"))
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: {ns}}}\nspec: {{clusterIP: 10.96.0.1, ports: [{}]}}\n---\n",
+            ports.join(", ")
+        )
+    }
+
+    /// The endpoints of Service ns1/svc1 built for node `host1`, per port name.
+    fn svc1_endpoints(y: &str) -> Eps {
+        let mut objects = ClusterObjects::default();
+        objects.add_text("t.yaml", y, &mut Vec::new()).unwrap();
+        objects.sort();
+        let opts = Options {
+            hostname: "host1".into(),
+            ..Options::default()
+        };
+        let (m, _) = build(&objects, &opts);
+        m.services
+            .iter()
+            .filter(|s| s.namespace == "ns1" && s.name == "svc1")
+            .map(|s| {
+                let e = s.endpoints.iter();
+                let e = e.map(|e| (e.sort_key(), e.ready, e.serving, e.terminating, e.local));
+                (s.port_name.clone(), e.collect())
+            })
+            .collect()
+    }
+
+    /// kubernetes/kubernetes `pkg/proxy/endpointslicecache_test.go` `TestEndpointsMapFromESC`,
+    /// the cases that apply to a snapshot build, under upstream's names. Left out: "2
+    /// overlapping slices, same port" and the three "2 slices, overlapping endpoints, ..."
+    /// cases, whose two slices share one name, so they test the cache replacing a slice by
+    /// its update, which a snapshot never sees.
+    #[test]
+    fn upstream_endpoints_map_from_esc() {
+        let up = |i: u32, port: u16, local: bool| {
+            ep(&format!("10.0.1.{i}:{port}"), true, true, false, local)
+        };
+        let svc = gen_service("svc1", "ns1", &[80, 443]);
+        let y = svc.clone()
+            + &gen_slice(
+                "svc1",
+                "ns1",
+                1,
+                3,
+                999,
+                999,
+                &["host1", "host2"],
+                &[Some(80), Some(443)],
+            );
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![
+                (
+                    "port-0".into(),
+                    vec![up(1, 80, false), up(2, 80, true), up(3, 80, false)]
+                ),
+                (
+                    "port-1".into(),
+                    vec![up(1, 443, false), up(2, 443, true), up(3, 443, false)]
+                ),
+            ],
+            "1 slice, 2 hosts, ports 80,443"
+        );
+
+        let svc = gen_service("svc1", "ns1", &[80]);
+        let y = svc.clone()
+            + &gen_slice("svc1", "ns1", 1, 3, 999, 999, &[], &[Some(80)])
+            + &gen_slice("svc1", "ns1", 2, 3, 999, 999, &[], &[Some(80)]);
+        let two: Vec<_> = (1..=2)
+            .flat_map(|s| {
+                (1..=3).map(move |i| ep(&format!("10.0.{s}.{i}:80"), true, true, false, false))
+            })
+            .collect();
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![("port-0".into(), two)],
+            "2 slices, same port"
+        );
+
+        let y = svc.clone()
+            + &gen_service("svc2", "ns1", &[80])
+            + &gen_service("svc1", "ns2", &[80])
+            + &gen_slice("svc1", "ns1", 1, 3, 999, 999, &[], &[Some(80)])
+            + &gen_slice("svc2", "ns1", 2, 3, 999, 999, &[], &[Some(80)])
+            + &gen_slice("svc1", "ns2", 3, 3, 999, 999, &[], &[Some(80)]);
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![(
+                "port-0".into(),
+                vec![up(1, 80, false), up(2, 80, false), up(3, 80, false)]
+            )],
+            "3 slices with different services and namespaces"
+        );
+
+        let y =
+            svc.clone() + &gen_slice("svc1", "ns1", 1, 3, 999, 999, &["host1", "host2"], &[None]);
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![("port-0".into(), vec![])],
+            "Nil port should not break anything"
+        );
+
+        // generateEndpointSliceWithOffset: both slices hold 10.0.1.1 and 10.0.1.2.
+        let y =
+            svc + &gen_slice(
+                "svc1",
+                "ns1",
+                1,
+                2,
+                999,
+                999,
+                &["host1", "host2"],
+                &[Some(80)],
+            ) + &gen_slice(
+                "svc1",
+                "ns1",
+                1,
+                2,
+                999,
+                999,
+                &["host1", "host2"],
+                &[Some(8080)],
+            )
+            .replace("name: svc1-1,", "name: svc1-2,");
+        assert_eq!(
+            svc1_endpoints(&y),
+            vec![(
+                "port-0".into(),
+                vec![
+                    up(1, 80, false),
+                    up(1, 8080, false),
+                    up(2, 80, true),
+                    up(2, 8080, true)
+                ]
+            )],
+            "Different endpoints with duplicate IPs should not be filtered"
+        );
+
+        // Conditions as generated: not ready, serving terminating.
+        let y = gen_service("svc1", "ns1", &[80])
+            + &gen_slice("svc1", "ns1", 1, 6, 3, 5, &[], &[Some(80)]);
+        let got = svc1_endpoints(&y);
+        let flags: Vec<(bool, bool, bool)> = got[0].1.iter().map(|e| (e.1, e.2, e.3)).collect();
+        assert_eq!(
+            flags,
+            [
+                (true, true, false),
+                (true, true, false),
+                (false, false, false),
+                (true, true, false),
+                (false, true, true),
+                (false, false, false),
+            ]
+        );
+    }
 }

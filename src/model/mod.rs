@@ -97,6 +97,9 @@ pub struct Endpoint {
     pub local: bool,
     /// Zones from `hints.forZones`; `None` when the endpoint has no hints.
     pub zone_hints: Option<Vec<String>>,
+    /// `hints.forNodes` read for this node: `None` when the endpoint has no node hints,
+    /// `Some(true)` when one of them names this node (trafficDistribution `PreferSameNode`).
+    pub for_this_node: Option<bool>,
 }
 
 impl Endpoint {
@@ -124,6 +127,7 @@ pub(crate) mod fixtures {
             terminating: false,
             local: false,
             zone_hints: None,
+            for_this_node: None,
         }
     }
 

@@ -221,8 +221,19 @@ pub struct Endpoint {
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
     pub node_name: Option<Arc<str>>,
+    /// `hints`; `None` when the endpoint has neither `forZones` nor `forNodes` (boxed: most
+    /// endpoints have none, and this keeps an endpoint small).
+    pub hints: Option<Box<Hints>>,
+}
+
+/// An endpoint's topology hints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hints {
     /// `hints.forZones[].name`; `None` without `forZones`.
-    pub zone_hints: Option<Box<[Arc<str>]>>,
+    pub zones: Option<Box<[Arc<str>]>>,
+    /// `hints.forNodes[].name` (trafficDistribution `PreferSameNode`); `None` without
+    /// `forNodes`.
+    pub nodes: Option<Box<[Arc<str>]>>,
 }
 
 /// v1 Endpoints, the fallback when EndpointSlices are not served.
@@ -380,10 +391,16 @@ macro_rules! conversions {
                                 serving: c.serving,
                                 terminating: c.terminating,
                                 node_name: e.node_name.as_deref().map(intern),
-                                zone_hints: e
-                                    .hints
-                                    .and_then(|h| h.for_zones)
-                                    .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
+                                hints: e.hints.and_then(|h| {
+                                    let zones = h
+                                        .for_zones
+                                        .map(|z| z.iter().map(|z| intern(&z.name)).collect());
+                                    let nodes = h
+                                        .for_nodes
+                                        .map(|n| n.iter().map(|n| intern(&n.name)).collect());
+                                    (zones.is_some() || nodes.is_some())
+                                        .then(|| Box::new(Hints { zones, nodes }))
+                                }),
                             }
                         })
                         .collect(),
@@ -666,6 +683,13 @@ pub mod api {
     #[serde(rename_all = "camelCase")]
     pub struct EndpointHints {
         pub for_zones: Option<Vec<ForZone>>,
+        pub for_nodes: Option<Vec<ForNode>>,
+    }
+
+    #[derive(Clone, Debug, Deserialize)]
+    pub struct ForNode {
+        #[serde(default, deserialize_with = "required")]
+        pub name: String,
     }
 
     #[derive(Clone, Debug, Deserialize)]
@@ -999,7 +1023,17 @@ subsets:
             (Some(true), None, None)
         );
         assert_eq!(e[0].node_name.as_deref(), Some("node-a"));
-        assert_eq!(e[0].zone_hints.as_deref().map(|z| z.len()), Some(1));
+        let hints = e[0].hints.as_deref().unwrap();
+        assert_eq!(hints.zones.as_deref().map(|z| z.len()), Some(1));
+        assert_eq!(
+            hints
+                .nodes
+                .as_deref()
+                .map(|n| n.iter().map(|n| &**n).collect::<Vec<_>>()),
+            Some(vec!["node-a"])
+        );
+        let hints = e[1].hints.as_deref().unwrap();
+        assert!(hints.zones.is_some() && hints.nodes.is_none());
         assert!(Arc::ptr_eq(
             e[1].node_name.as_ref().unwrap(),
             e[2].node_name.as_ref().unwrap()
