@@ -11,8 +11,8 @@ use ipnet::IpNet;
 
 pub use crate::vocab::{Family, Proto};
 pub use build::{
-    build, globals, group_slices, legacy_by_service, nodeport_ips, obj_key, parse_cidr, service,
-    NodePortIps, ObjKey, SvcKey, LABEL_SERVICE_NAME,
+    build, globals, group_slices, legacy_by_service, nodeport_ips, obj_key, parse_cidr,
+    parse_ip_sloppy, service, NodePortIps, ObjKey, SvcKey, LABEL_SERVICE_NAME,
 };
 pub use endpoints::{categorize, Categorized};
 pub use options::{NodePortAddresses, Options};

@@ -1,7 +1,7 @@
 //! Flags over the file over the defaults: every value parsed and validated, every error
 //! naming the flag or the file field and the bad value.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -251,22 +251,7 @@ pub(super) fn resolve_hostname(override_name: Option<&str>) -> Result<String, Co
 /// Parses an IP address, also accepting IPv4 octets with leading zeros (`010.001.0.1`,
 /// read as decimal) like Go's `ParseIPSloppy`.
 pub(super) fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.len() != 4 {
-        return None;
-    }
-    let mut octets = [0u8; 4];
-    for (octet, part) in octets.iter_mut().zip(&parts) {
-        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        *octet = part.parse().ok()?;
-    }
-    Some(IpAddr::V4(Ipv4Addr::from(octets)))
+    crate::model::parse_ip_sloppy(s).map(|(ip, _)| ip)
 }
 
 /// Parses `ADDRESS/PREFIX` (surrounding spaces tolerated) and clears host bits.
