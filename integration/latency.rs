@@ -134,20 +134,35 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn measure(services: usize) {
-    if !require_root_and_tools() {
-        return;
-    }
-    let ns = Netns::create(&format!("kntp-{}-latency", random_id()), "latency").unwrap();
-    // The sink's thread keeps a handle until it notices the agent is gone, which may be
-    // after this function returns: remove the namespace here, also on a panic.
-    struct RemoveOnExit(Netns);
-    impl Drop for RemoveOnExit {
-        fn drop(&mut self) {
-            self.0.destroy();
+/// The agent's code against a preloaded fake API server, programming a namespace of its
+/// own; dropped, it stops the agent and removes the namespace.
+struct Running {
+    rt: tokio::runtime::Runtime,
+    api: FakeApi,
+    reports: mpsc::Receiver<reconcile::SyncReport>,
+    commits: Arc<std::sync::Mutex<Vec<Option<Instant>>>>,
+    first: reconcile::SyncReport,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    agent: Option<tokio::task::JoinHandle<()>>,
+    ns: Netns,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
+        if let Some(agent) = self.agent.take() {
+            let _ = self.rt.block_on(agent);
+        }
+        // The sink's thread keeps a handle until it notices the agent is gone: remove the
+        // namespace here, also on a panic.
+        self.ns.destroy();
     }
-    let _remove = RemoveOnExit(ns.clone());
+}
+
+fn start(services: usize, min_sync_period: Duration) -> Running {
+    let ns = Netns::create(&format!("kntp-{}-latency", random_id()), "latency").unwrap();
     let api = preloaded(services);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,11 +177,11 @@ fn measure(services: usize) {
         ..Options::default()
     };
     let timing = Timing {
-        min_sync_period: Duration::ZERO,
+        min_sync_period,
         sync_period: Duration::from_secs(3600),
         verify_period: Duration::from_secs(10),
     };
-    let (report_tx, report_rx) = mpsc::channel::<reconcile::SyncReport>();
+    let (report_tx, reports) = mpsc::channel::<reconcile::SyncReport>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sink = NetnsSink::new(&ns);
     let commits = sink.commits.clone();
@@ -188,9 +203,27 @@ fn measure(services: usize) {
         )
         .await;
     });
-    let first = report_rx
+    let first = reports
         .recv_timeout(Duration::from_secs(120))
         .expect("first sync");
+    Running {
+        rt,
+        api,
+        reports,
+        commits,
+        first,
+        stop: Some(stop_tx),
+        agent: Some(agent),
+        ns,
+    }
+}
+
+fn measure(services: usize) {
+    if !require_root_and_tools() {
+        return;
+    }
+    let run = start(services, Duration::ZERO);
+    let (api, report_rx, commits, first) = (&run.api, &run.reports, &run.commits, &run.first);
     println!(
         "{services} Services x 10 endpoints: first (full) sync {:.0} ms",
         first.elapsed.as_secs_f64() * 1000.0
@@ -226,8 +259,6 @@ fn measure(services: usize) {
             latencies.extend(r.latencies);
         }
     }
-    let _ = stop_tx.send(());
-    rt.block_on(agent).unwrap();
     latencies.sort();
     committed.sort();
     assert!(!latencies.is_empty(), "no change was programmed");
@@ -243,6 +274,64 @@ fn measure(services: usize) {
         ms(percentile(&latencies, 0.99)),
         ms(*latencies.last().unwrap()),
     );
+}
+
+/// A new Service and its EndpointSlice, written 5 ms apart as the API server and the
+/// EndpointSlice controller write them, at the default `--min-sync-period` of 1 s: from the
+/// Service's write to the end of the transaction that carries its endpoints.
+fn measure_add_service(services: usize) {
+    if !require_root_and_tools() {
+        return;
+    }
+    let run = start(services, Duration::from_secs(1));
+    let mut took = Vec::new();
+    for round in 0..10 {
+        // Far enough apart that each addition starts with the burst available, as a new
+        // Service does in a cluster that is not churning.
+        std::thread::sleep(Duration::from_millis(2100));
+        let i = services + round;
+        let t0 = Instant::now();
+        run.api.apply(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc-{i}"), "namespace": format!("ns-{}", i % 100)},
+            "spec": {"clusterIP": format!("10.96.{}.{}", (i + 1) >> 8, (i + 1) & 0xff),
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        }));
+        std::thread::sleep(Duration::from_millis(5));
+        let slice_written = Instant::now();
+        run.api.apply(&slice(i, 1));
+        let done = loop {
+            let r = run
+                .reports
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a sync carrying the new endpoints");
+            // The sync that started after the slice arrived carries it.
+            if r.finished - r.elapsed >= slice_written {
+                break r.finished;
+            }
+        };
+        took.push(done - t0);
+    }
+    took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{services} Services: add a Service and its endpoints (min-sync-period 1 s): median {:.1} ms, max {:.1} ms over {} additions",
+        ms(percentile(&took, 0.5)),
+        ms(*took.last().unwrap()),
+        took.len()
+    );
+}
+
+#[test]
+#[ignore = "a benchmark; run explicitly with --release --ignored --nocapture"]
+fn add_service_1k_services() {
+    measure_add_service(1000);
+}
+
+#[test]
+#[ignore = "a benchmark; run explicitly with --release --ignored --nocapture"]
+fn add_service_10k_services() {
+    measure_add_service(10_000);
 }
 
 #[test]
