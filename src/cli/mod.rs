@@ -9,6 +9,7 @@ mod kernel_scenarios;
 pub mod render;
 pub mod run;
 pub mod synthetic;
+pub mod trace;
 
 use std::io::Write;
 
@@ -129,6 +130,12 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Follow one new connection through the ruleset hook by hook: chains, rules, map
+    /// elements, DNAT candidates with probabilities, masquerade, final verdict.
+    Trace {
+        #[command(flatten)]
+        trace: trace::TraceArgs,
+    },
     /// Remove kube-nftproxy's tables (ip and ip6 kube-nftproxy) and nothing else.
     Cleanup,
     /// Run as the node agent: watch the API server and keep the kernel in step. This is
@@ -211,6 +218,11 @@ pub fn main(cli: Cli) -> Result<()> {
             let rs = render::desired(&args, &files)?;
             let done = apply::apply(&rs).context("applying the ruleset")?;
             print!("{}", text::describe(&done.transaction));
+            Ok(())
+        }
+        Command::Trace { trace } => {
+            only_with_run(&trace.args)?;
+            print!("{}", trace::run(&trace)?);
             Ok(())
         }
         Command::Cleanup => cleanup(),

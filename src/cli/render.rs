@@ -10,7 +10,7 @@ use super::config::{self, RenderArgs};
 use crate::ruleset::ir::Ruleset;
 use crate::ruleset::render;
 
-fn read_file(name: &str) -> Result<String> {
+pub(crate) fn read_file(name: &str) -> Result<String> {
     if name == "-" {
         let mut s = String::new();
         std::io::stdin()
