@@ -39,3 +39,98 @@ pub fn desired(args: &RenderArgs, files: &[String]) -> Result<Ruleset> {
     }
     Ok(rs)
 }
+
+/// `render --diff OLD NEW`: the transaction the agent would send to go from OLD's
+/// ruleset to NEW's (as `apply` and `run --dry-run` describe it), then the same changes
+/// grouped by the Service they belong to.
+pub fn diff_report(args: &RenderArgs, old: &str, new: &str) -> Result<String> {
+    use crate::nft::text;
+    use crate::ruleset::tx::Op;
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+
+    let a = super::trace::load(args, &[old.to_string()])?;
+    let b = super::trace::load(args, &[new.to_string()])?;
+    let tx = crate::ruleset::diff::diff(&a.ruleset, &b.ruleset);
+    let mut out = format!("transaction from {old} to {new}:\n");
+    out.push_str(&text::describe(&tx));
+    let (oa, ob) = (
+        super::trace::Owners::new(&a.model),
+        super::trace::Owners::new(&b.model),
+    );
+    let owner_of_key = |k: &[crate::ruleset::ir::Value]| {
+        let mut v = ob.services_of_key(k);
+        if v.is_empty() {
+            v = oa.services_of_key(k);
+        }
+        v
+    };
+    let owner_of_chain = |c: &str| ob.of_chain(c).or(oa.of_chain(c)).cloned();
+    let svc = |s: &str| s.split(' ').next().unwrap_or(s).to_string();
+    let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let full = tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }));
+    if full {
+        out.push_str(
+            "(a full replace: the tables are rewritten wholesale, so no per-Service view)\n",
+        );
+        return Ok(out);
+    }
+    for o in &tx.ops {
+        let (owner, line) = match o {
+            Op::AddChain { chain, .. } => (
+                owner_of_chain(&chain.name),
+                format!("+ chain {}", chain.name),
+            ),
+            Op::FlushChain { chain, .. } => (
+                owner_of_chain(chain),
+                format!("~ chain {chain} (rules replaced)"),
+            ),
+            Op::DeleteChain { chain, .. } => (owner_of_chain(chain), format!("- chain {chain}")),
+            Op::AddRule {
+                family,
+                chain,
+                rule,
+                ..
+            } => (
+                owner_of_chain(chain),
+                format!("+ rule {chain}: {}", text::rule_text(*family, rule)),
+            ),
+            Op::AddElements { set, elements, .. } | Op::DeleteElements { set, elements, .. } => {
+                let sign = if matches!(o, Op::AddElements { .. }) {
+                    '+'
+                } else {
+                    '-'
+                };
+                for e in elements {
+                    let owners = owner_of_key(&e.key);
+                    let line = format!("{sign} element {set} {{ {} }}", text::element_text(e));
+                    let key = if owners.is_empty() {
+                        "(no Service)".to_string()
+                    } else {
+                        owners.join(", ")
+                    };
+                    by.entry(key).or_default().push(line);
+                }
+                continue;
+            }
+            Op::FillSet { set, .. } => (None, format!("+ every element of {set}")),
+            Op::FlushSet { set, .. } => (None, format!("~ set {set} flushed")),
+            Op::AddTable { .. } | Op::DeleteTable { .. } | Op::AddSet { .. } => continue,
+        };
+        by.entry(
+            owner
+                .map(|s| svc(&s))
+                .unwrap_or_else(|| "(no Service)".into()),
+        )
+        .or_default()
+        .push(line);
+    }
+    out.push_str("\nper Service:\n");
+    for (s, lines) in by {
+        let _ = writeln!(out, "{s}:");
+        for l in lines {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
+    Ok(out)
+}

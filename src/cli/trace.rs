@@ -192,6 +192,35 @@ impl Owners {
         Vec::new()
     }
 
+    /// The Service ports (`ns/name:port`) a key belongs to: as a Service IP or NodePort,
+    /// else as an endpoint (an address and a port anywhere in the key, e.g. hairpin).
+    pub fn services_of_key(&self, key: &[Value]) -> Vec<String> {
+        let first_word = |s: &String| s.split(' ').next().unwrap_or(s).to_string();
+        let direct: Vec<String> = self.of_key(key).iter().map(first_word).collect();
+        if !direct.is_empty() {
+            return direct;
+        }
+        let mut out = Vec::new();
+        for a in key.iter().filter_map(|v| match v {
+            Value::Addr(a) => Some(*a),
+            _ => None,
+        }) {
+            for p in key.iter().filter_map(|v| match v {
+                Value::Port(p) => Some(*p),
+                _ => None,
+            }) {
+                for o in self.of_endpoint(a, p) {
+                    let id = o.trim_start_matches("endpoint of ");
+                    let id = first_word(&id.split(',').next().unwrap_or(id).to_string());
+                    if !out.contains(&id) {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn of_endpoint(&self, a: IpAddr, port: u16) -> Vec<String> {
         self.endpoints.get(&(a, port)).cloned().unwrap_or_default()
     }
