@@ -183,6 +183,43 @@ fn check(yaml: &str, flows: &[Flow]) -> Vec<String> {
             "{}: probabilities sum to {total}",
             f.what
         );
+        // Paths share every step before the choice where they part (the text view's tree
+        // relies on it).
+        for w in t.paths.windows(2) {
+            let k = w[0]
+                .choices
+                .iter()
+                .zip(&w[1].choices)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let at = |p: &eval::Path| {
+                (p.steps.iter())
+                    .enumerate()
+                    .filter(|(_, s)| matches!(s, eval::Step::Choice { .. }))
+                    .nth(k)
+                    .map(|(i, _)| i)
+            };
+            let (a, b) = (at(&w[0]), at(&w[1]));
+            assert!(
+                a.is_some() && a == b && w[0].steps[..a.unwrap()] == w[1].steps[..a.unwrap()],
+                "{}: paths do not share their prefix",
+                f.what
+            );
+        }
+        // Every endpoint of a Service is equally likely (the kernel tests check the spread).
+        let mut shares: Vec<f64> = Vec::new();
+        for (o, p) in t.outcomes() {
+            if o.dnat.is_some() {
+                shares.push(p);
+            }
+        }
+        if let Some(first) = shares.first() {
+            assert!(
+                shares.iter().all(|p| (p - first).abs() < 1e-9),
+                "{}: uneven spread {shares:?}",
+                f.what
+            );
+        }
         let mut eps = BTreeSet::new();
         let mut masq = BTreeSet::new();
         let mut fates = BTreeSet::new();

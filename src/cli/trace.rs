@@ -331,6 +331,7 @@ fn step_text(s: &Step, o: &Owners) -> Option<(usize, String)> {
             ),
         ),
         Step::Choice { .. } => return None,
+        Step::NoMatch => (3, "does not match: next rule".into()),
         Step::Mark(m) => (3, format!("mark is now {m:#010x}")),
         Step::Remember { map, key, data } => (
             3,
@@ -526,6 +527,7 @@ fn step_json(s: &Step, o: &Owners) -> Json {
             "endpoint_of": o.of_endpoint(*addr, *port),
         }),
         Step::Masquerade => json!({"kind": "masquerade"}),
+        Step::NoMatch => json!({"kind": "no-match"}),
         Step::Return { chain } => json!({"kind": "return", "chain": chain}),
         Step::Accept { chain } => json!({"kind": "accept", "chain": chain}),
     }

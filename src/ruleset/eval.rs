@@ -138,6 +138,8 @@ pub enum Step {
     /// A rule whose matches all held (its statements ran, its verdict applies unless it
     /// is a map lookup that misses, see `Miss`).
     Rule(RuleRef),
+    /// The rule just before does not match after all (after a random choice).
+    NoMatch,
     /// A map element found by the rule just before.
     Element {
         set: String,
@@ -699,10 +701,15 @@ impl<'a> Run<'a> {
                 // a failed match undoes nothing a statement did: statements only run
                 // after the matches before them held, and no match follows a statement
                 // in our IR; a choice taken stays recorded
-                let choices: Vec<Step> = (self.steps.drain(mark..))
-                    .filter(|s| matches!(s, Step::Choice { .. }))
-                    .collect();
-                self.steps.extend(choices);
+                // (paths must share every step before a choice, so a rule that drew a
+                // number stays recorded up to its choice, then `NoMatch`)
+                match (self.steps[mark..].iter()).rposition(|s| matches!(s, Step::Choice { .. })) {
+                    Some(i) => {
+                        self.steps.truncate(mark + i + 1);
+                        self.steps.push(Step::NoMatch);
+                    }
+                    None => self.steps.truncate(mark),
+                }
                 return Ok(RuleResult::NoMatch);
             }
         }
