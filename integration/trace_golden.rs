@@ -156,6 +156,22 @@ const CASES: &[(&str, &str, &[&str])] = &[
             "pod",
         ],
     ),
+    // Slot fall-through: a 2-endpoint Service meets the `mod 3` rule first
+    (
+        "demo",
+        "trace-fallthrough.txt",
+        &[
+            "trace",
+            "--src",
+            "10.244.0.7",
+            "--dst",
+            "10.96.0.10",
+            "--port",
+            "53",
+            "--proto",
+            "udp",
+        ],
+    ),
     (
         "etp-local",
         "trace-explain.txt",
