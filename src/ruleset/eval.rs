@@ -859,3 +859,188 @@ pub fn in_prefix(a: &IpAddr, net: &IpAddr, len: u8) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::ir::{Elements, KeyType, MapData, SetFlags, Values};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn base(name: &str, kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
+        Chain {
+            base: Some(BaseChain {
+                kind,
+                hook,
+                priority,
+            }),
+            rules,
+            ..Chain::regular(name)
+        }
+    }
+
+    /// A DNAT map keyed by `daddr . slot` with `n` endpoints for 10.0.0.1, and a chain
+    /// with one lookup rule per modulus in `mods`.
+    fn table(n: u32, mods: &[u32], extra: Vec<Chain>) -> Ruleset {
+        let mut elements = Elements::new();
+        for s in 0..n {
+            elements.insert(
+                vec![Value::Addr(ip("10.0.0.1")), Value::Slot(s)],
+                Some(ElementData::Values(Values::from(vec![
+                    Value::Addr(ip(&format!("10.1.0.{}", s + 1))),
+                    Value::Port(8080),
+                ]))),
+            );
+        }
+        let eps = Set {
+            name: "eps".into(),
+            key: vec![KeyType::Addr, KeyType::Slot],
+            data: Some(MapData::Values(vec![KeyType::Addr, KeyType::Service])),
+            flags: SetFlags::default(),
+            timeout: None,
+            comment: None,
+            elements,
+        };
+        let rules = (mods.iter())
+            .map(|m| {
+                Rule::new(
+                    vec![],
+                    Some(Verdict::DnatMap {
+                        proto: None,
+                        key: vec![Field::Daddr, Field::Random(*m)],
+                        map: "eps".into(),
+                    }),
+                )
+            })
+            .collect();
+        let mut chains = vec![
+            base(
+                "pre",
+                ChainType::Nat,
+                Hook::Prerouting,
+                -100,
+                vec![Rule::new(vec![], Some(Verdict::Jump("sel".into())))],
+            ),
+            Chain {
+                rules,
+                ..Chain::regular("sel")
+            },
+        ];
+        chains.extend(extra);
+        Ruleset {
+            tables: vec![Table {
+                family: Family::V4,
+                name: "t".into(),
+                comment: None,
+                sets: vec![eps],
+                chains,
+            }],
+        }
+    }
+
+    fn query(dst: &str) -> Query {
+        Query {
+            packet: Packet {
+                proto: Proto::Tcp,
+                saddr: ip("10.2.0.1"),
+                sport: 1000,
+                daddr: ip(dst),
+                dport: 80,
+            },
+            origin: Origin::Pod,
+            local_addrs: vec![ip("192.168.0.10")],
+        }
+    }
+
+    #[test]
+    fn slot_misses_fall_through_and_every_endpoint_gets_an_equal_share() {
+        let rs = table(2, &[5, 4, 3, 2], vec![]);
+        let t = trace(&rs, &query("10.0.0.1")).unwrap();
+        let o = t.outcomes();
+        assert_eq!(o.len(), 2, "{o:?}");
+        for (oc, p) in &o {
+            assert!((p - 0.5).abs() < 1e-12, "{oc:?} {p}");
+            assert!(matches!(oc.fate, Fate::Delivered { local: false, .. }));
+        }
+        // 2 hits per rule, one grouped miss per rule but the last: 2+2+2+2 paths
+        assert_eq!(t.paths.len(), 8);
+    }
+
+    #[test]
+    fn not_a_service_is_untouched_and_a_miss_leaves_the_packet_alone() {
+        let rs = table(2, &[2], vec![]);
+        let t = trace(&rs, &query("10.9.9.9")).unwrap();
+        assert_eq!(t.paths.len(), 1);
+        let (oc, p) = &t.outcomes()[0];
+        assert_eq!(*p, 1.0);
+        assert_eq!(oc.dnat, None);
+        assert!(t.paths[0]
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Miss { set, .. } if set == "eps")));
+    }
+
+    #[test]
+    fn filter_verdicts_end_the_packet_and_nat_runs_once_per_kind() {
+        let reject = base(
+            "fwd",
+            ChainType::Filter,
+            Hook::Forward,
+            0,
+            vec![Rule::new(
+                vec![Expr::AddrCmp {
+                    field: Field::Daddr,
+                    op: CmpOp::Eq,
+                    addr: ip("10.1.0.0"),
+                    prefix_len: 16,
+                }],
+                Some(Verdict::Reject),
+            )],
+        );
+        let rs = table(1, &[1], vec![reject]);
+        let t = trace(&rs, &query("10.0.0.1")).unwrap();
+        let (oc, _) = &t.outcomes()[0];
+        assert_eq!(oc.fate, Fate::Rejected);
+        assert_eq!(oc.by, Some(("fwd".into(), 0)));
+        assert_eq!(oc.dnat, Some((ip("10.1.0.1"), 8080)));
+
+        // a second DNAT hook for the same connection is skipped
+        let out = base(
+            "out",
+            ChainType::Nat,
+            Hook::Output,
+            -100,
+            vec![Rule::new(vec![], Some(Verdict::Jump("sel".into())))],
+        );
+        let rs = table(1, &[1], vec![out]);
+        let mut q = query("10.0.0.1");
+        q.origin = Origin::Node;
+        let t = trace(&rs, &q).unwrap();
+        assert_eq!(t.outcomes()[0].0.dnat, Some((ip("10.1.0.1"), 8080)));
+        assert!(!t.paths[0]
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Hook(Hook::Prerouting))));
+    }
+
+    #[test]
+    fn what_cannot_be_evaluated_is_refused_with_the_rule_named() {
+        let bad_jump = Chain {
+            rules: vec![Rule::new(vec![], Some(Verdict::Jump("nowhere".into())))],
+            ..Chain::regular("sel")
+        };
+        let mut rs = table(1, &[1], vec![]);
+        rs.tables[0].chains[1] = bad_jump;
+        let e = trace(&rs, &query("10.0.0.1")).unwrap_err();
+        assert!(e.0.contains("rule 1 of chain sel"), "{e}");
+        assert!(e.0.contains("nowhere"), "{e}");
+
+        // DNAT in a filter chain
+        let mut rs = table(1, &[1], vec![]);
+        rs.tables[0].chains[0].base.as_mut().unwrap().kind = ChainType::Filter;
+        let e = trace(&rs, &query("10.0.0.1")).unwrap_err();
+        assert!(e.0.contains("dnat outside a nat chain"), "{e}");
+    }
+}
