@@ -236,6 +236,14 @@ fn trace_explain_and_diff_match_their_golden_files() {
         }
         let path = dir.join(golden);
         if update {
+            // docs/debugging.md quotes some of these files: keep the quotes in step
+            let before = std::fs::read_to_string(&path).unwrap_or_default();
+            let doc_path = root.join("docs/debugging.md");
+            let doc = std::fs::read_to_string(&doc_path).unwrap();
+            let (b, a) = (before.trim_end(), stdout.trim_end());
+            if !b.is_empty() && b != a && doc.contains(b) {
+                std::fs::write(&doc_path, doc.replace(b, a)).unwrap();
+            }
             std::fs::write(&path, &stdout).unwrap();
             continue;
         }
@@ -247,4 +255,25 @@ fn trace_explain_and_diff_match_their_golden_files() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The examples in docs/debugging.md are real: each is one of the golden files, whole.
+#[test]
+fn debugging_doc_quotes_the_golden_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/debugging.md")).unwrap();
+    for f in [
+        "demo/trace-fallthrough.txt",
+        "lb-source-ranges/trace-drop.txt",
+        "no-endpoints/trace-reject.txt",
+        "etp-local/trace-explain.txt",
+        "terminating/trace-explain.txt",
+        "clusterip-basic/trace-diff.txt",
+    ] {
+        let text = std::fs::read_to_string(root.join("testdata").join(f)).unwrap();
+        assert!(
+            doc.contains(text.trim_end()),
+            "docs/debugging.md no longer quotes testdata/{f} (UPDATE_GOLDEN=1 keeps it in step)"
+        );
+    }
 }

@@ -123,7 +123,9 @@ pub fn live_ruleset() -> Result<Ruleset> {
 pub struct Owners {
     vips: BTreeMap<(IpAddr, Proto, u16), Vec<String>>,
     nodeports: BTreeMap<(Proto, u16), Vec<String>>,
-    endpoints: BTreeMap<(IpAddr, u16), Vec<String>>,
+    endpoints: BTreeMap<(IpAddr, u16), Vec<(Proto, String)>>,
+    /// Only endpoints of this protocol (a trace knows its packet's).
+    pub proto: Option<Proto>,
     chains: BTreeMap<String, String>,
 }
 
@@ -133,6 +135,7 @@ impl Owners {
             vips: BTreeMap::new(),
             nodeports: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            proto: None,
             chains: BTreeMap::new(),
         };
         for sp in &m.services {
@@ -158,7 +161,7 @@ impl Owners {
                         ", not ready"
                     });
                 }
-                o.endpoints.entry((e.ip, e.port)).or_default().push(s);
+                (o.endpoints.entry((e.ip, e.port)).or_default()).push((sp.protocol, s));
             }
             let base = names::base(sp);
             for c in [
@@ -222,7 +225,10 @@ impl Owners {
     }
 
     pub fn of_endpoint(&self, a: IpAddr, port: u16) -> Vec<String> {
-        self.endpoints.get(&(a, port)).cloned().unwrap_or_default()
+        (self.endpoints.get(&(a, port)).into_iter().flatten())
+            .filter(|(p, _)| self.proto.is_none_or(|x| x == *p))
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     pub fn of_chain(&self, c: &str) -> Option<&String> {
@@ -632,7 +638,8 @@ pub fn run(a: &TraceArgs) -> Result<String> {
     };
     let q = query(a, &loaded.model)?;
     let t = eval::trace(&rs, &q)?;
-    let owners = Owners::new(&loaded.model);
+    let mut owners = Owners::new(&loaded.model);
+    owners.proto = Some(q.packet.proto);
     Ok(match a.output {
         OutputArg::Text => text_report(&q, &t, &owners, a.in_interface.as_deref()),
         OutputArg::Json => {
