@@ -751,3 +751,37 @@ fn trace_predicts_every_kernel_flow() {
 
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every kernel test that sends traffic has its flows above: a new test in kernel.rs must
+/// be added here (or to the list of tests that send none).
+#[test]
+fn every_kernel_test_with_traffic_is_in_the_oracle() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kernel = std::fs::read_to_string(root.join("integration/kernel.rs")).unwrap();
+    let oracle = std::fs::read_to_string(root.join("integration/trace_oracle.rs")).unwrap();
+    // sends no packets: compares listings only
+    let no_traffic = ["apply_programs_exactly_what_render_prints"];
+    let mut missing = Vec::new();
+    let mut lines = kernel.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() != "#[test]" {
+            continue;
+        }
+        let Some(f) = lines.next() else { break };
+        let name = f
+            .trim()
+            .trim_start_matches("fn ")
+            .split('(')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !no_traffic.contains(&name.as_str()) && !oracle.contains(&format!("let t = \"{name}\";"))
+        {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "kernel tests whose flows the trace oracle lacks: {missing:?}"
+    );
+}
