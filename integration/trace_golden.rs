@@ -156,6 +156,20 @@ const CASES: &[(&str, &str, &[&str])] = &[
             "pod",
         ],
     ),
+    // IPv6: the ip6 table
+    (
+        "dual-stack",
+        "trace-ipv6.txt",
+        &[
+            "trace",
+            "--src",
+            "fd00:244::7",
+            "--dst",
+            "fd00:96::50",
+            "--port",
+            "80",
+        ],
+    ),
     // Slot fall-through: a 2-endpoint Service meets the `mod 3` rule first
     (
         "demo",
