@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use anyhow::{bail, Result};
 
 use super::config::RenderArgs;
-use super::trace::{self, Owners};
+use super::trace::{self, sock, Owners};
 use crate::model::{self, categorize, Endpoint, Model, NodePortIps, ServicePort};
 use crate::nft::text;
 use crate::ruleset::ir::{Element, Family, Ruleset};
@@ -25,13 +25,6 @@ pub struct ExplainArgs {
     pub live: bool,
     #[arg(required = true)]
     pub files: Vec<String>,
-}
-
-fn sock(a: std::net::IpAddr, p: u16) -> String {
-    match a {
-        std::net::IpAddr::V4(_) => format!("{a}:{p}"),
-        std::net::IpAddr::V6(_) => format!("[{a}]:{p}"),
-    }
 }
 
 /// Why `e` is not among the endpoints `used` for one kind of traffic.

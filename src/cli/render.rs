@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use super::config::{self, RenderArgs};
 use crate::ruleset::ir::Ruleset;
 use crate::ruleset::render;
+use crate::vocab::Note;
 
 pub(crate) fn read_file(name: &str) -> Result<String> {
     if name == "-" {
@@ -22,8 +23,14 @@ pub(crate) fn read_file(name: &str) -> Result<String> {
     }
 }
 
-/// Flags and files to the desired IR; skip notes go to stderr.
-pub fn desired(args: &RenderArgs, files: &[String]) -> Result<Ruleset> {
+/// The model and ruleset of some files and options, and the notes.
+pub struct Loaded {
+    pub model: crate::model::Model,
+    pub ruleset: Ruleset,
+    pub notes: Vec<Note>,
+}
+
+pub fn load(args: &RenderArgs, files: &[String]) -> Result<Loaded> {
     let opts = config::resolve(args)?;
     let texts = files
         .iter()
@@ -31,13 +38,25 @@ pub fn desired(args: &RenderArgs, files: &[String]) -> Result<Ruleset> {
         .collect::<Result<Vec<_>>>()?;
     let mut notes = Vec::new();
     let objects = render::read_sources(texts.iter().map(|(n, t)| (*n, t.as_str())), &mut notes)?;
-    let (rs, more) = render::ruleset(&objects, &opts);
+    let (m, more) = crate::model::build(&objects, &opts);
     notes.extend(more);
+    let (rs, more) = crate::ruleset::build(&m);
+    notes.extend(more);
+    Ok(Loaded {
+        model: m,
+        ruleset: rs,
+        notes,
+    })
+}
+
+/// Flags and files to the desired IR; skip notes go to stderr.
+pub fn desired(args: &RenderArgs, files: &[String]) -> Result<Ruleset> {
+    let loaded = load(args, files)?;
     let mut err = std::io::stderr().lock();
-    for n in &notes {
+    for n in &loaded.notes {
         let _ = writeln!(err, "{n}");
     }
-    Ok(rs)
+    Ok(loaded.ruleset)
 }
 
 /// `render --diff OLD NEW`: the transaction the agent would send to go from OLD's
@@ -49,8 +68,8 @@ pub fn diff_report(args: &RenderArgs, old: &str, new: &str) -> Result<String> {
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
 
-    let a = super::trace::load(args, &[old.to_string()])?;
-    let b = super::trace::load(args, &[new.to_string()])?;
+    let a = load(args, &[old.to_string()])?;
+    let b = load(args, &[new.to_string()])?;
     let tx = crate::ruleset::diff::diff(&a.ruleset, &b.ruleset);
     let mut out = format!("transaction from {old} to {new}:\n");
     out.push_str(&text::describe(&tx));

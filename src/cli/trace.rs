@@ -10,13 +10,12 @@ use std::net::IpAddr;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
 
-use super::config::{self, RenderArgs};
-use crate::model::{self, Model};
+use super::config::RenderArgs;
+use crate::model::Model;
 use crate::nft::text;
 use crate::ruleset::eval::{self, Fate, Origin, Packet, Path, Query, RuleRef, Step, Trace, Via};
 use crate::ruleset::ir::{ElementData, Family, Hook, Proto, Ruleset, Value};
-use crate::ruleset::{self, names, render};
-use crate::vocab::Note;
+use crate::ruleset::{self, names};
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtoArg {
@@ -71,31 +70,7 @@ pub struct TraceArgs {
     pub files: Vec<String>,
 }
 
-/// The model and ruleset of some files and options, and the notes.
-pub struct Loaded {
-    pub model: Model,
-    pub ruleset: Ruleset,
-    pub notes: Vec<Note>,
-}
-
-pub fn load(args: &RenderArgs, files: &[String]) -> Result<Loaded> {
-    let opts = config::resolve(args)?;
-    let texts = files
-        .iter()
-        .map(|f| Ok((f.as_str(), super::render::read_file(f)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let mut notes = Vec::new();
-    let objects = render::read_sources(texts.iter().map(|(n, t)| (*n, t.as_str())), &mut notes)?;
-    let (m, more) = model::build(&objects, &opts);
-    notes.extend(more);
-    let (rs, more) = ruleset::build(&m);
-    notes.extend(more);
-    Ok(Loaded {
-        model: m,
-        ruleset: rs,
-        notes,
-    })
-}
+pub use super::render::{load, Loaded};
 
 /// `nft list table <family> kube-nftproxy` for both families, read with the text parser.
 pub fn live_ruleset() -> Result<Ruleset> {
@@ -361,7 +336,7 @@ fn step_text(s: &Step, o: &Owners) -> Option<(usize, String)> {
     })
 }
 
-fn sock(a: IpAddr, p: u16) -> String {
+pub fn sock(a: IpAddr, p: u16) -> String {
     match a {
         IpAddr::V4(_) => format!("{a}:{p}"),
         IpAddr::V6(_) => format!("[{a}]:{p}"),
