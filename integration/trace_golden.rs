@@ -187,6 +187,16 @@ const CASES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "topology-hints",
+        "trace-explain.txt",
+        &["explain", "default/zoned"],
+    ),
+    (
+        "bad-input",
+        "trace-explain.txt",
+        &["explain", "default/big-port"],
+    ),
+    (
         "etp-local",
         "trace-explain.txt",
         &["explain", "default/local-lb"],
