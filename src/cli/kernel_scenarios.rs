@@ -194,3 +194,73 @@ fn blocks(normalized: &str) -> String {
     blocks.sort();
     blocks.concat() + &end.concat()
 }
+
+/// `trace --live`: every scenario programmed into a namespace and read back with
+/// `nft list table` (what `--live` does) traces every Service IP and port of the
+/// rendered IR to the same outcomes as the rendered IR itself.
+#[test]
+fn live_tables_trace_as_the_rendered_ruleset() {
+    use crate::ruleset::eval::{self, Origin, Packet, Query};
+    use crate::ruleset::ir::{ElementData, Family, Value};
+    let mut failures = Vec::new();
+    let mut flows = 0;
+    for dir in scenarios() {
+        let scenario = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let rs = render_scenario(&dir);
+        let decls = SetDecls::from_ruleset(&rs);
+        let Some(res) = in_netns(|_ns| {
+            apply(&diff::full(&rs), &decls).map_err(|e| e.to_string())?;
+            super::trace::live_ruleset().map_err(|e| e.to_string())
+        }) else {
+            return;
+        };
+        let live = match res {
+            Ok(l) => l,
+            Err(e) => {
+                failures.push(format!("{scenario}: {e}"));
+                continue;
+            }
+        };
+        for t in &rs.tables {
+            let src = match t.family {
+                Family::V4 => "10.244.0.7".parse().unwrap(),
+                Family::V6 => "fd00:244::7".parse().unwrap(),
+            };
+            for s in &t.sets {
+                for (key, data) in &s.elements {
+                    let (
+                        [Value::Addr(a), Value::Proto(p), Value::Port(n)],
+                        Some(ElementData::Verdict(_)),
+                    ) = (key.as_slice(), data)
+                    else {
+                        continue;
+                    };
+                    let q = Query {
+                        packet: Packet {
+                            proto: *p,
+                            saddr: src,
+                            sport: 40000,
+                            daddr: *a,
+                            dport: *n,
+                        },
+                        origin: Origin::Pod,
+                        local_addrs: vec![],
+                    };
+                    flows += 1;
+                    let (want, got) = (eval::trace(&rs, &q), eval::trace(&live, &q));
+                    match (want, got) {
+                        (Ok(w), Ok(g)) if w.outcomes() == g.outcomes() => {}
+                        (w, g) => failures.push(format!(
+                            "{scenario}: {a} {} {n}: rendered {:?}, live {:?}",
+                            p.name(),
+                            w.map(|t| t.outcomes()),
+                            g.map(|t| t.outcomes())
+                        )),
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{flows} flows traced on rendered and live tables");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -4,11 +4,13 @@
 pub mod apply;
 pub mod bench;
 pub mod config;
+pub mod explain;
 #[cfg(test)]
 mod kernel_scenarios;
 pub mod render;
 pub mod run;
 pub mod synthetic;
+pub mod trace;
 
 use std::io::Write;
 
@@ -116,6 +118,10 @@ pub enum Command {
     Render {
         #[command(flatten)]
         args: RenderArgs,
+        /// `render --diff OLD NEW`: print the transaction that turns OLD's ruleset into
+        /// NEW's, as the agent would send it, and its changes per Service.
+        #[arg(long)]
+        diff: bool,
         /// YAML or JSON files as `kubectl get svc,endpointslices,nodes -A -o yaml` prints
         /// them; `-` reads standard input.
         #[arg(required = true)]
@@ -132,6 +138,18 @@ pub enum Command {
         allow_empty: bool,
         #[arg(required = true)]
         files: Vec<String>,
+    },
+    /// Follow one new connection through the ruleset hook by hook: chains, rules, map
+    /// elements, DNAT candidates with probabilities, masquerade, final verdict.
+    Trace {
+        #[command(flatten)]
+        trace: trace::TraceArgs,
+    },
+    /// Explain a Service: its VIPs and ports, which endpoints this node uses and why the
+    /// others are not used, the notes about it, and the rules and elements implementing it.
+    Explain {
+        #[command(flatten)]
+        explain: explain::ExplainArgs,
     },
     /// Remove kube-nftproxy's tables (ip and ip6 kube-nftproxy) and nothing else.
     Cleanup {
@@ -220,8 +238,15 @@ fn cleanup_kube_proxy() -> Result<()> {
 /// Runs one subcommand to completion.
 pub fn main(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Render { args, files } => {
+        Command::Render { args, files, diff } => {
             only_with_run(&args)?;
+            if diff {
+                let [old, new] = files.as_slice() else {
+                    anyhow::bail!("render --diff takes exactly two files: OLD NEW");
+                };
+                print!("{}", render::diff_report(&args, old, new)?);
+                return Ok(());
+            }
             let script = text::script(&render::desired(&args, &files)?);
             let mut out = std::io::stdout().lock();
             out.write_all(script.as_bytes())?;
@@ -236,6 +261,16 @@ pub fn main(cli: Cli) -> Result<()> {
             let rs = render::desired_checked(&args, &files, allow_empty)?;
             let done = apply::apply(&rs).context("applying the ruleset")?;
             print!("{}", text::describe(&done.transaction));
+            Ok(())
+        }
+        Command::Trace { trace } => {
+            only_with_run(&trace.args)?;
+            print!("{}", trace::run(&trace)?);
+            Ok(())
+        }
+        Command::Explain { explain } => {
+            only_with_run(&explain.args)?;
+            print!("{}", explain::run(&explain)?);
             Ok(())
         }
         Command::Cleanup { kube_proxy: false } => cleanup(),

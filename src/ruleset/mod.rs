@@ -2,6 +2,7 @@
 
 mod build;
 pub mod diff;
+pub mod eval;
 pub mod ir;
 pub mod names;
 pub mod render;
