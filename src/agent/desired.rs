@@ -17,7 +17,7 @@ use crate::objects::{EndpointSlice, Endpoints, Meta, Object, Service};
 use crate::ruleset::diff;
 use crate::ruleset::ir::{ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
-use crate::ruleset::{assemble, fragment, selection_chains, Fragment, SlotCounts};
+use crate::ruleset::{assemble, fragment, selection_chains, table_sets, Fragment, SlotCounts};
 use crate::vocab::Note;
 
 /// The objects of the last update, sorted as `ClusterObjects::sort` sorts them, and the
@@ -472,8 +472,11 @@ impl Desired {
         self.slots.retain(|_, c| *c > 0);
         let counts_after = self.slot_counts(f);
         if counts_before != counts_after {
+            // A count coming into use brings its endpoint map and chain; one going out of
+            // use takes them away.
             before.chains.extend(selection_chains(&counts_before));
             after.chains.extend(selection_chains(&counts_after));
+            after.sets = table_sets(&counts_after);
         }
         for ((set, key), (was, count, data)) in touched {
             let now = (count > 0).then_some(data);
@@ -712,7 +715,7 @@ mod tests {
         // endpoint 2 was on this node (a hairpin entry), 99 is not
         assert_eq!(
             sets_touched(&u.tx),
-            ["hairpin-connections", "service-endpoints"]
+            ["hairpin-connections", "service-endpoints-3"]
                 .map(String::from)
                 .into()
         );
@@ -720,10 +723,19 @@ mod tests {
         assert_eq!(before.services.len(), 1);
         assert_eq!(after.services[0].endpoints.len(), 3);
 
-        // A count no Service had before adds a rule to the selection chain, and only there.
+        // A count no Service had before adds its map and its selection chain, and the
+        // Service's entries move to that map; no other chain changes.
         let o3 = with(&o2, &[slice(0, &[0, 1, 99, 101])]);
         let u = check(&mut d, &o3, false);
-        assert_eq!(chains_touched(&u.tx), ["endpoints".to_string()].into());
+        let touched = chains_touched(&u.tx);
+        assert!(
+            touched.contains("select-service-endpoints-4"),
+            "{touched:?}"
+        );
+        assert!(
+            touched.iter().all(|c| c.starts_with("select-")),
+            "{touched:?}"
+        );
         let rules: Vec<String> = (u.tx.ops.iter())
             .filter_map(|op| match op {
                 Op::AddRule { rule, .. } => Some(crate::nft::text::rule_text(Family::V4, rule)),
@@ -731,13 +743,14 @@ mod tests {
             })
             .collect();
         assert!(
-            rules[0].contains("numgen random mod 4 map @service-endpoints"),
+            rules[0].contains("numgen random mod 4 map @service-endpoints-4"),
             "{rules:?}"
         );
-        assert!(
-            rules[1].contains("numgen random mod 3 map @service-endpoints"),
-            "{rules:?}"
-        );
+        assert!(u
+            .tx
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::AddSet { set, .. } if set.name == "service-endpoints-4")));
     }
 
     #[test]

@@ -121,15 +121,16 @@ fn same_skeleton(a: &Table, b: &Table) -> bool {
             .map(|c| (c.name.clone(), Some(format!("{:?}{:?}", c.base, c.comment))))
             .collect()
     };
+    // Sets of the same name must be declared alike; sets in one table only (the per-count
+    // endpoint maps) are added or deleted by the partial transaction.
     a.family == b.family
         && a.name == b.name
         && a.comment == b.comment
         && bases(a) == bases(b)
-        && a.sets.len() == b.sets.len()
-        && a.sets
-            .iter()
-            .zip(&b.sets)
-            .all(|(x, y)| declaration(x) == declaration(y))
+        && a.sets.iter().all(|x| {
+            b.set(&x.name)
+                .is_none_or(|y| declaration(x) == declaration(y))
+        })
 }
 
 /// The transaction from `old` (what the kernel holds, as we last programmed it) to `new`.
@@ -189,6 +190,23 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
         o.chains.iter().map(|c| (c.name.as_str(), c)).collect();
     let new_names: BTreeSet<&str> = n.chains.iter().map(|c| c.name.as_str()).collect();
 
+    // 0. New sets (per-count endpoint maps), with their elements, before the rules that
+    // look them up.
+    for s in n.sets.iter().filter(|s| o.set(&s.name).is_none()) {
+        ops.push(Op::AddSet {
+            family: n.family,
+            table: n.name.clone(),
+            set: declaration(s),
+        });
+        if !s.elements.is_empty() {
+            ops.push(Op::AddElements {
+                family: n.family,
+                table: n.name.clone(),
+                set: s.name.clone(),
+                elements: s.element_list(),
+            });
+        }
+    }
     // 1. New chains exist before anything refers to them.
     let mut rewrite = Vec::new();
     for c in &n.chains {
@@ -240,7 +258,11 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
     }
     // 3. Set elements: delete what went away or changed its data, then add. A changed
     // element cannot be overwritten in place (the kernel answers EEXIST).
-    for (os, ns) in o.sets.iter().zip(&n.sets) {
+    for (os, ns) in o
+        .sets
+        .iter()
+        .filter_map(|os| n.set(&os.name).map(|ns| (os, ns)))
+    {
         if ns.flags.dynamic || os.elements == ns.elements {
             continue; // dynamic sets are filled by the datapath
         }
@@ -284,6 +306,14 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
             family: n.family,
             table: n.name.clone(),
             chain: name.to_string(),
+        });
+    }
+    // 5. Sets nobody looks up any more (their chains are gone).
+    for s in o.sets.iter().filter(|s| n.set(&s.name).is_none()) {
+        ops.push(Op::DeleteSet {
+            family: n.family,
+            table: n.name.clone(),
+            set: s.name.clone(),
         });
     }
 }
@@ -349,7 +379,7 @@ mod tests {
         let tx = diff(&a, &b);
         let one = |o: &Op| match o {
             Op::DeleteElements { set, elements, .. } | Op::AddElements { set, elements, .. } => {
-                set == "service-endpoints" && elements.len() == 1
+                set.starts_with("service-endpoints-") && elements.len() == 1
             }
             _ => false,
         };
