@@ -495,6 +495,101 @@ fn clusterip_spreads_evenly_over_every_endpoint() {
     );
 }
 
+/// Issue 16: whatever endpoint counts the cluster uses, a new connection costs one
+/// dispatch and one draw, and a 2-endpoint Service still gets an even spread.
+#[test]
+fn two_endpoints_spread_evenly_among_counts_up_to_500() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let eps = [("d1", "10.244.0.41"), ("d2", "10.244.0.42")];
+    for (name, ip) in eps {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
+    let client = c.add_pod("c", "10.244.0.20");
+    let mut yaml =
+        nodes_yaml() + &http_service("dns", "10.96.0.10", &eps.map(|(_, ip)| (ip, NODE_A)), &[]);
+    // Filler Services with endpoint counts 1..40 and 50, 60, .. 500 (endpoints that
+    // serve nothing: only the maps and chains matter).
+    let mut next = 0usize;
+    let sizes: Vec<usize> = (1..=40).chain((50..=500).step_by(10)).collect();
+    for (j, n) in sizes.iter().enumerate() {
+        let ips: Vec<String> = (0..*n)
+            .map(|_| {
+                next += 1;
+                format!("10.200.{}.{}", next / 250, next % 250 + 1)
+            })
+            .collect();
+        let eps: Vec<(&str, &str)> = ips.iter().map(|ip| (ip.as_str(), NODE_B)).collect();
+        let vip = format!("10.96.{}.{}", 1 + j / 250, j % 250 + 1);
+        yaml += &http_service(&format!("filler-{n}"), &vip, &eps, &[]);
+    }
+    program(c.node(), &yaml, &[]);
+    let listing = c.node().nft_list_table("ip", "kube-nftproxy");
+    assert_eq!(
+        listing.matches("chain select-service-endpoints-").count(),
+        sizes.len(),
+        "one selection chain per count"
+    );
+    let got = ids(
+        &client.tcp_requests("10.96.0.10", 80, 300, TIMEOUT),
+        "pod c to dns",
+    );
+    let n = counts(&got);
+    for (name, _) in eps {
+        let k = n.get(name).copied().unwrap_or(0);
+        assert!(
+            (110..=190).contains(&k),
+            "endpoint {name} got {k}/300 connections, want 37..63 %: {n:?}"
+        );
+    }
+}
+
+/// Issue 16: a selection that finds no endpoint (here: a slot removed by hand from the
+/// count's map) ends in the chain's reject, never in an un-NATed packet.
+#[test]
+fn a_selection_miss_is_rejected() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let eps = [("m1", "10.244.0.51"), ("m2", "10.244.0.52")];
+    for (name, ip) in eps {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
+    let client = c.add_pod("c", "10.244.0.20");
+    let yaml =
+        nodes_yaml() + &http_service("miss", "10.96.0.72", &eps.map(|(_, ip)| (ip, NODE_A)), &[]);
+    program(c.node(), &yaml, &[]);
+    let out = c.node().nft([
+        "delete",
+        "element",
+        "ip",
+        "kube-nftproxy",
+        "service-endpoints-2",
+        "{ 10.96.0.72 . tcp . 80 . 1 }",
+    ]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..40 {
+        match client.tcp_request("10.96.0.72", 80, TIMEOUT) {
+            Ok(reply) => {
+                assert_eq!(Identity::parse(&reply).server, "m1", "{reply}");
+                served += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 2. targetPort
 // ---------------------------------------------------------------------------
