@@ -590,6 +590,54 @@ fn a_selection_miss_is_rejected() {
     );
 }
 
+/// Issue 16: two Services claiming one external IP and port. The first in order
+/// (namespace/name) wins the dispatch entry, so every connection goes to its endpoints
+/// (before, the endpoint maps were merged slot by slot and a third of a's traffic went to
+/// b's pod); the other Service gets a note. Both for different and for equal counts.
+#[test]
+fn a_shared_external_ip_serves_the_winner_only() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let a = [("a1", "10.244.0.61"), ("a2", "10.244.0.62")];
+    let b = [
+        ("b1", "10.244.0.63"),
+        ("b2", "10.244.0.64"),
+        ("b3", "10.244.0.65"),
+    ];
+    for (name, ip) in a.iter().chain(b.iter()) {
+        c.add_pod(name, *ip).spawn_tcp_server(*ip, 8080).unwrap();
+    }
+    let client = c.add_pod("c", "10.244.0.20");
+    let ext = ["externalIPs:", "- 198.51.100.7"];
+    for b_count in [3, 2] {
+        let b_eps: Vec<(&str, &str)> = b[..b_count].iter().map(|(_, ip)| (*ip, NODE_A)).collect();
+        let yaml = nodes_yaml()
+            + &http_service(
+                "a-shared",
+                "10.96.0.81",
+                &a.map(|(_, ip)| (ip, NODE_A)),
+                &ext,
+            )
+            + &http_service("b-shared", "10.96.0.82", &b_eps, &ext);
+        let synced = program(c.node(), &yaml, &[]);
+        assert!(
+            format!("{}{}", synced.stdout, synced.stderr).contains("b-shared"),
+            "the losing Service gets a note: {synced:?}"
+        );
+        let got = ids(
+            &client.tcp_requests("198.51.100.7", 80, 120, TIMEOUT),
+            "pod c to the shared external IP",
+        );
+        let n = counts(&got);
+        assert!(
+            n.keys().all(|k| k.starts_with('a')) && n.len() == 2,
+            "b has {b_count} endpoints: every connection must go to a's two: {n:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 2. targetPort
 // ---------------------------------------------------------------------------

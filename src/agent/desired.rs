@@ -7,7 +7,7 @@
 //! Service's business (node, families, CIDRs) changing, or two Services claiming one key
 //! with different data, falls back to a full rebuild.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::options::Options;
@@ -205,9 +205,11 @@ pub struct Desired {
     /// How many Service IPs and NodePorts have each endpoint count, per family and endpoint
     /// map: the selection chains hold one rule per count in use.
     slots: HashMap<(Family, &'static str, u32), u32>,
-    /// Two Services claimed one key with different data: the winner depends on the order
-    /// of all Services, so only full rebuilds are exact until that is gone.
-    conflicted: bool,
+    /// Keys two Services claimed with different data (the first in order won, the other
+    /// got a note). Which one wins depends on the order of all Services, so a change that
+    /// claims or releases one of these keys takes a full rebuild; every other change stays
+    /// partial (one conflict must not put the node into full-sync mode).
+    conflicts: HashSet<ClaimKey>,
     ruleset: Ruleset,
 }
 
@@ -223,7 +225,7 @@ impl Desired {
             services: BTreeMap::new(),
             extra_claims: HashMap::new(),
             slots: HashMap::new(),
-            conflicted: false,
+            conflicts: HashSet::new(),
             ruleset: Ruleset::default(),
         }
     }
@@ -270,7 +272,7 @@ impl Desired {
     pub fn update(&mut self, objects: &ClusterObjects, full: bool) -> Update {
         let mut notes = Vec::new();
         let globals = model::globals(objects, &self.opts, &mut notes);
-        if full || self.conflicted || self.globals.as_ref() != Some(&globals) {
+        if full || self.globals.as_ref() != Some(&globals) {
             return self.rebuild(objects, globals, notes);
         }
         match self.partial(objects, &globals, &mut notes) {
@@ -305,7 +307,7 @@ impl Desired {
         }
         let mut extra_claims: HashMap<ClaimKey, u32> = HashMap::new();
         let mut slots: HashMap<(Family, &'static str, u32), u32> = HashMap::new();
-        let mut conflicted = false;
+        let mut conflicts = HashSet::new();
         let mut tables = Vec::new();
         for &f in &globals.families {
             let fragments: Vec<Fragment> = services
@@ -319,7 +321,7 @@ impl Desired {
             for (set, key) in a.shared {
                 *extra_claims.entry((f, set, key)).or_default() += 1;
             }
-            conflicted |= a.conflicted;
+            conflicts.extend(a.conflicts.into_iter().map(|(set, key)| (f, set, key)));
             tables.push(a.table);
         }
         self.ruleset = Ruleset { tables };
@@ -327,7 +329,7 @@ impl Desired {
         self.services = services;
         self.extra_claims = extra_claims;
         self.slots = slots;
-        self.conflicted = conflicted;
+        self.conflicts = conflicts;
         self.globals = Some(globals);
         Update {
             tx: diff::full_by_reference(&self.ruleset),
@@ -435,6 +437,13 @@ impl Desired {
             }
             None => (None, 0, None),
         };
+        let conflicts = &self.conflicts;
+        if (old.iter().chain(new.iter()))
+            .flat_map(|fr| &fr.claims)
+            .any(|c| !conflicts.is_empty() && conflicts.contains(&(f, c.set, c.key.clone())))
+        {
+            return None;
+        }
         for c in old.iter().flat_map(|fr| &fr.claims) {
             let t =
                 (touched.entry((c.set, c.key.clone()))).or_insert_with(|| current(c.set, &c.key));
@@ -790,14 +799,18 @@ mod tests {
     }
 
     #[test]
-    fn a_conflicting_claim_falls_back_to_full_rebuilds_until_it_is_gone() {
+    fn a_conflict_takes_full_rebuilds_only_for_changes_that_touch_it() {
         let (mut d, o) = start(4);
         // s9 takes s0's ClusterIP and port with other endpoints: first in order wins.
         let mut clash = service(9, 0);
         clash["spec"]["clusterIP"] = json!("10.96.0.1");
         let o2 = with(&o, &[clash, slice(9, &[50])]);
         check(&mut d, &o2, true);
+        // A change to another Service stays partial.
         let o3 = with(&o2, &[slice(1, &[7])]);
+        check(&mut d, &o3, false);
+        // One to a Service in the conflict is a full rebuild.
+        let o3 = with(&o3, &[slice(0, &[8])]);
         check(&mut d, &o3, true);
         let o4 = without_service(&o3, 9);
         check(&mut d, &o4, true);

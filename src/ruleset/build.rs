@@ -168,6 +168,9 @@ pub struct Assembled {
     pub table: Table,
     /// Two fragments claimed one key with different data (the first won, with a note).
     pub conflicted: bool,
+    /// The keys claimed with different data (the winner's and the losers' claims meet
+    /// there): a later change touching one of them needs a full rebuild to stay exact.
+    pub conflicts: Vec<(&'static str, Vec<Value>)>,
     /// A key for each claim of a key that was claimed already with the same data.
     pub shared: Vec<(&'static str, Vec<Value>)>,
 }
@@ -192,6 +195,7 @@ pub fn assemble(
         }
     }
     let mut conflicted = false;
+    let mut conflicts = Vec::new();
     let mut shared = Vec::new();
     for fr in fragments {
         for (map, n) in &fr.slots {
@@ -205,6 +209,7 @@ pub fn assemble(
             match entry.get(&c.key) {
                 Some(old) if old != &c.data => {
                     conflicted = true;
+                    conflicts.push((c.set, c.key.clone()));
                     if !noted.insert(c.set) {
                         continue;
                     }
@@ -238,6 +243,7 @@ pub fn assemble(
     Assembled {
         table: b.finish(&nodeports),
         conflicted,
+        conflicts,
         shared,
     }
 }
