@@ -203,7 +203,7 @@ pub struct Desired {
     /// first claim, is in the IR: a second map of every element cost 27 MB at 10k.
     extra_claims: HashMap<ClaimKey, u32>,
     /// How many Service IPs and NodePorts have each endpoint count, per family and endpoint
-    /// map: the selection chains hold one rule per count in use.
+    /// map: each count in use has its own endpoint map and selection chain.
     slots: HashMap<(Family, &'static str, u32), u32>,
     /// Keys two Services claimed with different data (the first in order won, the other
     /// got a note). Which one wins depends on the order of all Services, so a change that
