@@ -233,20 +233,24 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
     }
     // A rewritten or removed chain that remembered endpoints may leave affinity entries
     // pointing at an endpoint that is gone; forget them all rather than pin clients to it.
-    let remembers = |c: &Chain| {
-        c.rules.iter().any(|r| {
-            r.exprs
-                .iter()
-                .any(|e| matches!(e, Expr::UpdateAffinity { .. }))
-        })
+    // A rewrite that keeps every remembered endpoint (a scale-up) keeps what clients have.
+    let remembered = |c: &Chain| -> BTreeSet<(std::net::IpAddr, u16)> {
+        c.rules
+            .iter()
+            .flat_map(|r| &r.exprs)
+            .filter_map(|e| match e {
+                Expr::UpdateAffinity { addr, port, .. } => Some((*addr, *port)),
+                _ => None,
+            })
+            .collect()
     };
     let affinity_touched = rewrite
         .iter()
-        .filter_map(|c| old_chains.get(c.name.as_str()))
-        .any(|c| remembers(c))
+        .filter_map(|c| old_chains.get(c.name.as_str()).map(|old| (old, c)))
+        .any(|(old, new)| !remembered(old).is_subset(&remembered(new)))
         || o.chains
             .iter()
-            .any(|c| !new_names.contains(c.name.as_str()) && remembers(c));
+            .any(|c| !new_names.contains(c.name.as_str()) && !remembered(c).is_empty());
     if affinity_touched {
         for s in n.sets.iter().filter(|s| s.flags.dynamic) {
             ops.push(Op::FlushSet {
@@ -397,6 +401,35 @@ mod tests {
             assert_eq!(&simulate(x, &tx), y);
         }
         assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn affinity_is_kept_on_scale_up_and_forgotten_when_an_endpoint_goes() {
+        let affinity = |eps: &[&str]| {
+            cluster(eps, 1).replace(
+                "ports: [{name: p, port: 80}]}",
+                "ports: [{name: p, port: 80}], sessionAffinity: ClientIP}",
+            )
+        };
+        let two = render(&affinity(&["10.244.0.2", "10.244.0.3"]));
+        let three = render(&affinity(&["10.244.0.2", "10.244.0.3", "10.244.0.4"]));
+        let flushes = |tx: &Transaction| {
+            tx.ops
+                .iter()
+                .filter(|o| matches!(o, Op::FlushSet { set, .. } if set == "affinity"))
+                .count()
+        };
+        let up = diff(&two, &three);
+        assert!(!up.is_empty());
+        assert_eq!(
+            flushes(&up),
+            0,
+            "scale-up keeps remembered clients: {up:#?}"
+        );
+        assert_eq!(simulate(&two, &up), three);
+        let down = diff(&three, &two);
+        assert_eq!(flushes(&down), 1, "a gone endpoint is forgotten: {down:#?}");
+        assert_eq!(simulate(&three, &down), two);
     }
 
     #[test]
