@@ -1075,10 +1075,10 @@ fn dry_run_prints_and_touches_nothing() {
         "first output is not a full sync:\n{out}"
     );
 
-    // An endpoint more adds its element to the endpoint map.
+    // An endpoint more moves the Service to the map of its new count.
     s.api.apply(&slice("web", "TCP", 8080, &[POD_A, POD_B]));
     let added = format!(
-        "+ element service-endpoints {{ {SVC_IP} . tcp . 80 . 1 {}",
+        "+ element service-endpoints-2 {{ {SVC_IP} . tcp . 80 . 1 {}",
         dnat_to(POD_B)
     );
     wait_for("web's new endpoint in the dry-run output", SYNC, || {

@@ -397,9 +397,8 @@ fn clusterip_spreads_evenly_over_every_endpoint() {
     for (name, ip) in eps {
         c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
     }
-    // A second Service with more endpoints puts a `numgen random mod 5` rule before the
-    // `mod 3` one in the shared selection chain: web's packets meet it first, miss on
-    // slots 3 and 4 and draw again, and both Services must still spread evenly.
+    // A second Service with more endpoints: each count has its own map and selection
+    // chain (`select-service-endpoints-5`, `-3`), and both Services must spread evenly.
     let wide = [
         ("f1", "10.244.0.31"),
         ("f2", "10.244.0.32"),
@@ -417,11 +416,10 @@ fn clusterip_spreads_evenly_over_every_endpoint() {
         + &http_service("wide", "10.96.0.11", &wide.map(|(_, ip)| (ip, NODE_A)), &[]);
     program(c.node(), &yaml, &[]);
     let listing = c.node().nft_list_table("ip", "kube-nftproxy");
-    let mod5 = listing.find("numgen random mod 5 map @service-endpoints");
-    let mod3 = listing.find("numgen random mod 3 map @service-endpoints");
     assert!(
-        matches!((mod5, mod3), (Some(a), Some(b)) if a < b),
-        "the selection chain must try 5 before 3:\n{listing}"
+        listing.contains("numgen random mod 5 map @service-endpoints-5")
+            && listing.contains("numgen random mod 3 map @service-endpoints-3"),
+        "one selection chain per endpoint count:\n{listing}"
     );
 
     // The wider Service: 300 connections, each of 5 endpoints 10..32 % (mean 20 %).
@@ -495,6 +493,149 @@ fn clusterip_spreads_evenly_over_every_endpoint() {
         BTreeSet::from(["10.244.1.20".to_string()]),
         "routed pod traffic must keep its source"
     );
+}
+
+/// Issue 16: whatever endpoint counts the cluster uses, a new connection costs one
+/// dispatch and one draw, and a 2-endpoint Service still gets an even spread.
+#[test]
+fn two_endpoints_spread_evenly_among_counts_up_to_500() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let eps = [("d1", "10.244.0.41"), ("d2", "10.244.0.42")];
+    for (name, ip) in eps {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
+    let client = c.add_pod("c", "10.244.0.20");
+    let mut yaml =
+        nodes_yaml() + &http_service("dns", "10.96.0.10", &eps.map(|(_, ip)| (ip, NODE_A)), &[]);
+    // Filler Services with endpoint counts 1..40 and 50, 60, .. 500 (endpoints that
+    // serve nothing: only the maps and chains matter).
+    let mut next = 0usize;
+    let sizes: Vec<usize> = (1..=40).chain((50..=500).step_by(10)).collect();
+    for (j, n) in sizes.iter().enumerate() {
+        let ips: Vec<String> = (0..*n)
+            .map(|_| {
+                next += 1;
+                format!("10.200.{}.{}", next / 250, next % 250 + 1)
+            })
+            .collect();
+        let eps: Vec<(&str, &str)> = ips.iter().map(|ip| (ip.as_str(), NODE_B)).collect();
+        let vip = format!("10.96.{}.{}", 1 + j / 250, j % 250 + 1);
+        yaml += &http_service(&format!("filler-{n}"), &vip, &eps, &[]);
+    }
+    program(c.node(), &yaml, &[]);
+    let listing = c.node().nft_list_table("ip", "kube-nftproxy");
+    assert_eq!(
+        listing.matches("chain select-service-endpoints-").count(),
+        sizes.len(),
+        "one selection chain per count"
+    );
+    let got = ids(
+        &client.tcp_requests("10.96.0.10", 80, 300, TIMEOUT),
+        "pod c to dns",
+    );
+    let n = counts(&got);
+    for (name, _) in eps {
+        let k = n.get(name).copied().unwrap_or(0);
+        assert!(
+            (110..=190).contains(&k),
+            "endpoint {name} got {k}/300 connections, want 37..63 %: {n:?}"
+        );
+    }
+}
+
+/// Issue 16: a selection that finds no endpoint (here: a slot removed by hand from the
+/// count's map) ends in the chain's reject, never in an un-NATed packet.
+#[test]
+fn a_selection_miss_is_rejected() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let eps = [("m1", "10.244.0.51"), ("m2", "10.244.0.52")];
+    for (name, ip) in eps {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
+    let client = c.add_pod("c", "10.244.0.20");
+    let yaml =
+        nodes_yaml() + &http_service("miss", "10.96.0.72", &eps.map(|(_, ip)| (ip, NODE_A)), &[]);
+    program(c.node(), &yaml, &[]);
+    let out = c.node().nft([
+        "delete",
+        "element",
+        "ip",
+        "kube-nftproxy",
+        "service-endpoints-2",
+        "{ 10.96.0.72 . tcp . 80 . 1 }",
+    ]);
+    assert!(out.status.success(), "{}", out_text(&out));
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..40 {
+        match client.tcp_request("10.96.0.72", 80, TIMEOUT) {
+            Ok(reply) => {
+                assert_eq!(Identity::parse(&reply).server, "m1", "{reply}");
+                served += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+}
+
+/// Issue 16: two Services claiming one external IP and port. The first in order
+/// (namespace/name) wins the dispatch entry, so every connection goes to its endpoints
+/// (before, the endpoint maps were merged slot by slot and a third of a's traffic went to
+/// b's pod); the other Service gets a note. Both for different and for equal counts.
+#[test]
+fn a_shared_external_ip_serves_the_winner_only() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let a = [("a1", "10.244.0.61"), ("a2", "10.244.0.62")];
+    let b = [
+        ("b1", "10.244.0.63"),
+        ("b2", "10.244.0.64"),
+        ("b3", "10.244.0.65"),
+    ];
+    for (name, ip) in a.iter().chain(b.iter()) {
+        c.add_pod(name, *ip).spawn_tcp_server(*ip, 8080).unwrap();
+    }
+    let client = c.add_pod("c", "10.244.0.20");
+    let ext = ["externalIPs:", "- 198.51.100.7"];
+    for b_count in [3, 2] {
+        let b_eps: Vec<(&str, &str)> = b[..b_count].iter().map(|(_, ip)| (*ip, NODE_A)).collect();
+        let yaml = nodes_yaml()
+            + &http_service(
+                "a-shared",
+                "10.96.0.81",
+                &a.map(|(_, ip)| (ip, NODE_A)),
+                &ext,
+            )
+            + &http_service("b-shared", "10.96.0.82", &b_eps, &ext);
+        let synced = program(c.node(), &yaml, &[]);
+        assert!(
+            format!("{}{}", synced.stdout, synced.stderr).contains("b-shared"),
+            "the losing Service gets a note: {synced:?}"
+        );
+        let got = ids(
+            &client.tcp_requests("198.51.100.7", 80, 120, TIMEOUT),
+            "pod c to the shared external IP",
+        );
+        let n = counts(&got);
+        assert!(
+            n.keys().all(|k| k.starts_with('a')) && n.len() == 2,
+            "b has {b_count} endpoints: every connection must go to a's two: {n:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

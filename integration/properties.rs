@@ -643,10 +643,22 @@ fn render_text(input: &str, opts: &Options) -> (Ruleset, String) {
     (rs, text)
 }
 
-/// Set names and base chain names of each table of an empty-cluster render.
+/// Whether a set is one of the per-endpoint-count maps (`service-endpoints-3`): their
+/// number is bounded by the distinct endpoint counts in use, not by the Services.
+fn per_count(name: &str) -> bool {
+    name.rsplit_once('-')
+        .is_some_and(|(base, n)| base.ends_with("-endpoints") && n.parse::<u32>().is_ok())
+}
+
+/// Set names (but the per-count maps) and base chain names of each table of an
+/// empty-cluster render.
 fn layout(t: &Table) -> (Vec<String>, Vec<String>) {
     (
-        t.sets.iter().map(|s| s.name.clone()).collect(),
+        t.sets
+            .iter()
+            .filter(|s| !per_count(&s.name))
+            .map(|s| s.name.clone())
+            .collect(),
         t.chains
             .iter()
             .filter(|c| c.base.is_some())

@@ -7,7 +7,7 @@
 //! Service's business (node, families, CIDRs) changing, or two Services claiming one key
 //! with different data, falls back to a full rebuild.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::options::Options;
@@ -17,7 +17,7 @@ use crate::objects::{EndpointSlice, Endpoints, Meta, Object, Service};
 use crate::ruleset::diff;
 use crate::ruleset::ir::{ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
-use crate::ruleset::{assemble, fragment, selection_chains, Fragment, SlotCounts};
+use crate::ruleset::{assemble, fragment, selection_chains, table_sets, Fragment, SlotCounts};
 use crate::vocab::Note;
 
 /// The objects of the last update, sorted as `ClusterObjects::sort` sorts them, and the
@@ -203,11 +203,13 @@ pub struct Desired {
     /// first claim, is in the IR: a second map of every element cost 27 MB at 10k.
     extra_claims: HashMap<ClaimKey, u32>,
     /// How many Service IPs and NodePorts have each endpoint count, per family and endpoint
-    /// map: the selection chains hold one rule per count in use.
+    /// map: each count in use has its own endpoint map and selection chain.
     slots: HashMap<(Family, &'static str, u32), u32>,
-    /// Two Services claimed one key with different data: the winner depends on the order
-    /// of all Services, so only full rebuilds are exact until that is gone.
-    conflicted: bool,
+    /// Keys two Services claimed with different data (the first in order won, the other
+    /// got a note). Which one wins depends on the order of all Services, so a change that
+    /// claims or releases one of these keys takes a full rebuild; every other change stays
+    /// partial (one conflict must not put the node into full-sync mode).
+    conflicts: HashSet<ClaimKey>,
     ruleset: Ruleset,
 }
 
@@ -223,7 +225,7 @@ impl Desired {
             services: BTreeMap::new(),
             extra_claims: HashMap::new(),
             slots: HashMap::new(),
-            conflicted: false,
+            conflicts: HashSet::new(),
             ruleset: Ruleset::default(),
         }
     }
@@ -270,7 +272,7 @@ impl Desired {
     pub fn update(&mut self, objects: &ClusterObjects, full: bool) -> Update {
         let mut notes = Vec::new();
         let globals = model::globals(objects, &self.opts, &mut notes);
-        if full || self.conflicted || self.globals.as_ref() != Some(&globals) {
+        if full || self.globals.as_ref() != Some(&globals) {
             return self.rebuild(objects, globals, notes);
         }
         match self.partial(objects, &globals, &mut notes) {
@@ -305,7 +307,7 @@ impl Desired {
         }
         let mut extra_claims: HashMap<ClaimKey, u32> = HashMap::new();
         let mut slots: HashMap<(Family, &'static str, u32), u32> = HashMap::new();
-        let mut conflicted = false;
+        let mut conflicts = HashSet::new();
         let mut tables = Vec::new();
         for &f in &globals.families {
             let fragments: Vec<Fragment> = services
@@ -319,7 +321,7 @@ impl Desired {
             for (set, key) in a.shared {
                 *extra_claims.entry((f, set, key)).or_default() += 1;
             }
-            conflicted |= a.conflicted;
+            conflicts.extend(a.conflicts.into_iter().map(|(set, key)| (f, set, key)));
             tables.push(a.table);
         }
         self.ruleset = Ruleset { tables };
@@ -327,7 +329,7 @@ impl Desired {
         self.services = services;
         self.extra_claims = extra_claims;
         self.slots = slots;
-        self.conflicted = conflicted;
+        self.conflicts = conflicts;
         self.globals = Some(globals);
         Update {
             tx: diff::full_by_reference(&self.ruleset),
@@ -435,6 +437,13 @@ impl Desired {
             }
             None => (None, 0, None),
         };
+        let conflicts = &self.conflicts;
+        if (old.iter().chain(new.iter()))
+            .flat_map(|fr| &fr.claims)
+            .any(|c| !conflicts.is_empty() && conflicts.contains(&(f, c.set, c.key.clone())))
+        {
+            return None;
+        }
         for c in old.iter().flat_map(|fr| &fr.claims) {
             let t =
                 (touched.entry((c.set, c.key.clone()))).or_insert_with(|| current(c.set, &c.key));
@@ -472,8 +481,11 @@ impl Desired {
         self.slots.retain(|_, c| *c > 0);
         let counts_after = self.slot_counts(f);
         if counts_before != counts_after {
+            // A count coming into use brings its endpoint map and chain; one going out of
+            // use takes them away.
             before.chains.extend(selection_chains(&counts_before));
             after.chains.extend(selection_chains(&counts_after));
+            after.sets = table_sets(&counts_after);
         }
         for ((set, key), (was, count, data)) in touched {
             let now = (count > 0).then_some(data);
@@ -712,7 +724,7 @@ mod tests {
         // endpoint 2 was on this node (a hairpin entry), 99 is not
         assert_eq!(
             sets_touched(&u.tx),
-            ["hairpin-connections", "service-endpoints"]
+            ["hairpin-connections", "service-endpoints-3"]
                 .map(String::from)
                 .into()
         );
@@ -720,10 +732,19 @@ mod tests {
         assert_eq!(before.services.len(), 1);
         assert_eq!(after.services[0].endpoints.len(), 3);
 
-        // A count no Service had before adds a rule to the selection chain, and only there.
+        // A count no Service had before adds its map and its selection chain, and the
+        // Service's entries move to that map; no other chain changes.
         let o3 = with(&o2, &[slice(0, &[0, 1, 99, 101])]);
         let u = check(&mut d, &o3, false);
-        assert_eq!(chains_touched(&u.tx), ["endpoints".to_string()].into());
+        let touched = chains_touched(&u.tx);
+        assert!(
+            touched.contains("select-service-endpoints-4"),
+            "{touched:?}"
+        );
+        assert!(
+            touched.iter().all(|c| c.starts_with("select-")),
+            "{touched:?}"
+        );
         let rules: Vec<String> = (u.tx.ops.iter())
             .filter_map(|op| match op {
                 Op::AddRule { rule, .. } => Some(crate::nft::text::rule_text(Family::V4, rule)),
@@ -731,13 +752,14 @@ mod tests {
             })
             .collect();
         assert!(
-            rules[0].contains("numgen random mod 4 map @service-endpoints"),
+            rules[0].contains("numgen random mod 4 map @service-endpoints-4"),
             "{rules:?}"
         );
-        assert!(
-            rules[1].contains("numgen random mod 3 map @service-endpoints"),
-            "{rules:?}"
-        );
+        assert!(u
+            .tx
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::AddSet { set, .. } if set.name == "service-endpoints-4")));
     }
 
     #[test]
@@ -777,14 +799,18 @@ mod tests {
     }
 
     #[test]
-    fn a_conflicting_claim_falls_back_to_full_rebuilds_until_it_is_gone() {
+    fn a_conflict_takes_full_rebuilds_only_for_changes_that_touch_it() {
         let (mut d, o) = start(4);
         // s9 takes s0's ClusterIP and port with other endpoints: first in order wins.
         let mut clash = service(9, 0);
         clash["spec"]["clusterIP"] = json!("10.96.0.1");
         let o2 = with(&o, &[clash, slice(9, &[50])]);
         check(&mut d, &o2, true);
+        // A change to another Service stays partial.
         let o3 = with(&o2, &[slice(1, &[7])]);
+        check(&mut d, &o3, false);
+        // One to a Service in the conflict is a full rebuild.
+        let o3 = with(&o3, &[slice(0, &[8])]);
         check(&mut d, &o3, true);
         let o4 = without_service(&o3, 9);
         check(&mut d, &o4, true);

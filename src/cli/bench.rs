@@ -106,12 +106,21 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
         .iter()
         .find(|c| c.name == "endpoints")
         .ok_or_else(|| BenchError::Input("no endpoints chain".into()))?;
-    let endpoint = rs
+    let endpoint_map = rs
         .tables
         .first()
-        .and_then(|t| t.set("service-endpoints"))
-        .and_then(|s| s.element_list().into_iter().next())
+        .and_then(|t| {
+            t.sets
+                .iter()
+                .find(|s| s.name.starts_with("service-endpoints-") && !s.elements.is_empty())
+        })
+        .ok_or_else(|| BenchError::Input("no endpoint map".into()))?;
+    let endpoint = endpoint_map
+        .element_list()
+        .into_iter()
+        .next()
         .ok_or_else(|| BenchError::Input("no endpoint map element".into()))?;
+    let endpoint_map = endpoint_map.name.clone();
     let elements = |set: &str, e: Element| Op::AddElements {
         family,
         table: table.clone(),
@@ -176,10 +185,10 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
         Op::DeleteElements {
             family,
             table: table.clone(),
-            set: "service-endpoints".into(),
+            set: endpoint_map.clone(),
             elements: vec![endpoint],
         },
-        elements("service-endpoints", replaced),
+        elements(&endpoint_map, replaced),
     ])?;
     let one = probe(vec![drop_rule()])?;
     let ten = probe((0..10).map(|_| drop_rule()).collect())?;
@@ -203,13 +212,23 @@ fn kernel_costs(rs: &crate::ruleset::ir::Ruleset) -> Result<String, BenchError> 
 }
 
 /// Runs every measurement for one cluster size and returns a report paragraph.
-pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<String, BenchError> {
+/// `realistic`: the seed of the realistic mix (`synthetic --mix realistic`) instead of
+/// `endpoints` for every Service.
+pub fn run_one(
+    services: usize,
+    endpoints: usize,
+    rounds: usize,
+    realistic: Option<u64>,
+) -> Result<String, BenchError> {
     let mut out = String::new();
-    let cluster = synthetic::cluster(&synthetic::Spec {
-        services,
-        endpoints,
-        node: "node-a".into(),
-    });
+    let cluster = match realistic {
+        Some(seed) => synthetic::realistic(services, seed, "node-a"),
+        None => synthetic::cluster(&synthetic::Spec {
+            services,
+            endpoints,
+            node: "node-a".into(),
+        }),
+    };
     let json = serde_json::to_string(&cluster).map_err(|e| BenchError::Input(e.to_string()))?;
     let opts = Options {
         hostname: "node-a".into(),
@@ -302,7 +321,11 @@ pub fn run_one(services: usize, endpoints: usize, rounds: usize) -> Result<Strin
     let sets = prev.tables.first().map(|t| t.sets.len()).unwrap_or(0);
     let _ = writeln!(
         out,
-        "{services} Services x {endpoints} endpoints ({} KB of JSON, {} KB of nft text, {sets} sets/maps):",
+        "{services} Services x {} ({} KB of JSON, {} KB of nft text, {sets} sets/maps):",
+        match realistic {
+            Some(seed) => format!("the realistic mix (seed {seed})"),
+            None => format!("{endpoints} endpoints"),
+        },
         json.len() / 1024,
         script.len() / 1024
     );

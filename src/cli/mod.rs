@@ -182,6 +182,12 @@ pub enum Command {
         /// One-endpoint changes to time per size.
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+        /// `uniform` (--endpoints each) or `realistic` (see `synthetic --mix`).
+        #[arg(long, default_value = "uniform", value_parser = ["uniform", "realistic"])]
+        mix: String,
+        /// Seed of the realistic mix.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Print a generated cluster (JSON, as `kubectl get -o json`) for benchmarks.
     Synthetic {
@@ -191,6 +197,13 @@ pub enum Command {
         endpoints: usize,
         #[arg(long, default_value = "node-a")]
         node: String,
+        /// `uniform` (every Service has --endpoints) or `realistic` (35% one endpoint, 20%
+        /// two, 15% three, a tail to 300; 20% NodePort; 30% with a second, UDP port).
+        #[arg(long, default_value = "uniform", value_parser = ["uniform", "realistic"])]
+        mix: String,
+        /// Seed of the realistic mix.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -311,10 +324,16 @@ pub fn main(cli: Cli) -> Result<()> {
             services,
             endpoints,
             rounds,
+            mix,
+            seed,
         } => {
             bench::enter_private_netns()?;
+            let realistic = (mix == "realistic").then_some(seed);
             for n in services {
-                print!("{}", bench::run_one(n, endpoints, rounds.max(1))?);
+                print!(
+                    "{}",
+                    bench::run_one(n, endpoints, rounds.max(1), realistic)?
+                );
             }
             Ok(())
         }
@@ -322,12 +341,18 @@ pub fn main(cli: Cli) -> Result<()> {
             services,
             endpoints,
             node,
+            mix,
+            seed,
         } => {
-            let c = synthetic::cluster(&synthetic::Spec {
-                services,
-                endpoints,
-                node,
-            });
+            let c = if mix == "realistic" {
+                synthetic::realistic(services, seed, &node)
+            } else {
+                synthetic::cluster(&synthetic::Spec {
+                    services,
+                    endpoints,
+                    node,
+                })
+            };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             serde_json::to_writer(&mut out, &c)?;
             out.write_all(b"\n")?;

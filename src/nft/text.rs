@@ -592,6 +592,9 @@ fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
             Op::FlushSet { set, .. } => {
                 let _ = writeln!(out, "~ set {set} flushed");
             }
+            Op::DeleteSet { set, .. } => {
+                let _ = writeln!(out, "- set {set}");
+            }
             Op::AddTable { .. } | Op::DeleteTable { .. } | Op::AddSet { .. } => {}
         }
         out.step();

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
 
 use ipnet::IpNet;
 
@@ -13,27 +14,96 @@ use super::skeleton::*;
 use crate::model::{categorize, nodeport_ips, Endpoint, Model, NodePortIps, ServicePort};
 use crate::vocab::Note;
 
-/// An endpoint map and the packet fields it is keyed by, before the slot.
-type EndpointMap = (&'static str, &'static [Field]);
-
-/// The chains that pick an endpoint, with the maps they look up (and the packet fields
-/// a map is keyed by, before the slot), in rule order.
-const SELECTION: [(&str, [EndpointMap; 2]); 2] = [
-    (
-        ENDPOINTS,
-        [(SERVICE_EPS, &VIP_KEY), (NODEPORT_EPS, &PORT_KEY)],
-    ),
-    (
-        LOCAL_ENDPOINTS,
-        [
-            (LOCAL_SERVICE_EPS, &VIP_KEY),
-            (LOCAL_NODEPORT_EPS, &PORT_KEY),
-        ],
-    ),
+/// The four kinds of endpoint map: (kind, dispatch map, packet fields keyed before the
+/// slot).
+const KINDS: [(&str, &str, &[Field]); 4] = [
+    (SERVICE_EPS, SERVICE_SELECT, &VIP_KEY),
+    (NODEPORT_EPS, NODEPORT_SELECT, &PORT_KEY),
+    (LOCAL_SERVICE_EPS, LOCAL_SERVICE_SELECT, &VIP_KEY),
+    (LOCAL_NODEPORT_EPS, LOCAL_NODEPORT_SELECT, &PORT_KEY),
 ];
 
-/// Endpoint counts in use, per endpoint map: the selection chains need one rule per count.
+/// Endpoint counts in use, per endpoint map kind: each count has a map and a chain.
 pub type SlotCounts = BTreeMap<&'static str, BTreeSet<u32>>;
+
+/// Interned names, so claims can keep naming sets with `&'static str`: one string per
+/// (kind, count) ever used by this process, a few hundred at most in practice.
+fn interned(prefix: &'static str, kind: &'static str, n: u32) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Names = HashMap<(&'static str, &'static str, u32), &'static str>;
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    names
+        .entry((prefix, kind, n))
+        .or_insert_with(|| Box::leak(format!("{prefix}{kind}-{n}").into_boxed_str()))
+}
+
+/// The endpoint map of `kind` for entries with `n` endpoints: `service-endpoints-3`.
+pub fn count_map(kind: &'static str, n: u32) -> &'static str {
+    interned("", kind, n)
+}
+
+/// The chain that picks among `n` endpoints in `count_map(kind, n)`.
+pub fn select_chain(kind: &'static str, n: u32) -> &'static str {
+    interned("select-", kind, n)
+}
+
+/// The per-count chains: one `dnat ... numgen random mod N map @<kind>-N` each, then a
+/// reject for a miss (an entry always has all N slots, so that is never reached unless
+/// the maps are inconsistent). Each endpoint map is bound by exactly one rule, so the
+/// kernel validates its elements once (see rules/README.md).
+pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
+    let mut out = Vec::new();
+    for (kind, _, key) in KINDS {
+        for n in counts.get(kind).into_iter().flatten() {
+            let mut k = key.to_vec();
+            k.push(Field::Random(*n));
+            out.push(regular(
+                select_chain(kind, *n),
+                vec![
+                    Rule::new(
+                        vec![],
+                        Some(Verdict::DnatMap {
+                            proto: None,
+                            key: k,
+                            map: count_map(kind, *n).to_string(),
+                        }),
+                    ),
+                    reject_miss(),
+                ],
+            ));
+        }
+    }
+    out.sort_by(|x, y| x.name.cmp(&y.name));
+    out
+}
+
+/// The declarations of the per-count endpoint maps, in table order (by name).
+pub fn count_sets(counts: &SlotCounts) -> Vec<Set> {
+    let mut out: Vec<Set> = KINDS
+        .iter()
+        .flat_map(|(kind, _, _)| {
+            counts
+                .get(kind)
+                .into_iter()
+                .flatten()
+                .map(|n| endpoint_map(kind, count_map(kind, *n)))
+        })
+        .collect();
+    out.sort_by(|x, y| x.name.cmp(&y.name));
+    out
+}
+
+/// Every set of a table with these counts: the skeleton's, then the per-count maps.
+pub fn table_sets(counts: &SlotCounts) -> Vec<Set> {
+    let mut out: Vec<Set> = skeleton().sets.iter().map(Set::declaration).collect();
+    out.extend(count_sets(counts));
+    out
+}
 
 /// Builds one table per family the node proxies, plus the notes for anything dropped.
 pub fn build(m: &Model) -> (Ruleset, Vec<Note>) {
@@ -92,44 +162,15 @@ pub fn fragment(m: &Model, f: Family, ports: &[ServicePort]) -> Fragment {
     }
 }
 
-/// The chains that choose an endpoint, given the endpoint counts in use. Rule `N` draws a
-/// slot below N and looks it up with the packet's address and port; an entry with n < N
-/// endpoints has no element for slots n..N, so the lookup misses and the next (smaller)
-/// rule draws again. A hit at any rule is uniform over the entry's slots, so every
-/// endpoint gets 1/n, and rules below n are never reached.
-pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
-    SELECTION
-        .iter()
-        .map(|(name, maps)| {
-            let mut c = skeleton()
-                .chain(name)
-                .cloned()
-                .unwrap_or_else(|| Chain::regular(*name));
-            for (map, key) in maps {
-                for n in counts.get(map).into_iter().flatten().rev() {
-                    let mut k = key.to_vec();
-                    k.push(Field::Random(*n));
-                    c.rules.push(Rule::new(
-                        vec![],
-                        Some(Verdict::DnatMap {
-                            proto: None,
-                            key: k,
-                            map: map.to_string(),
-                        }),
-                    ));
-                }
-            }
-            c
-        })
-        .collect()
-}
-
 /// What `assemble` gives.
 #[derive(Debug)]
 pub struct Assembled {
     pub table: Table,
     /// Two fragments claimed one key with different data (the first won, with a note).
     pub conflicted: bool,
+    /// The keys claimed with different data (the winner's and the losers' claims meet
+    /// there): a later change touching one of them needs a full rebuild to stay exact.
+    pub conflicts: Vec<(&'static str, Vec<Value>)>,
     /// A key for each claim of a key that was claimed already with the same data.
     pub shared: Vec<(&'static str, Vec<Value>)>,
 }
@@ -154,6 +195,7 @@ pub fn assemble(
         }
     }
     let mut conflicted = false;
+    let mut conflicts = Vec::new();
     let mut shared = Vec::new();
     for fr in fragments {
         for (map, n) in &fr.slots {
@@ -167,6 +209,7 @@ pub fn assemble(
             match entry.get(&c.key) {
                 Some(old) if old != &c.data => {
                     conflicted = true;
+                    conflicts.push((c.set, c.key.clone()));
                     if !noted.insert(c.set) {
                         continue;
                     }
@@ -187,6 +230,7 @@ pub fn assemble(
         }
         b.chains.extend(fr.chains);
     }
+    b.selection();
     b.chains.sort_by(|x, y| x.name.cmp(&y.name));
     // The agent keeps this table between syncs: vectors grown by pushing hold up to twice
     // what they use (25 of 45 MB at 10,000 Services).
@@ -199,6 +243,7 @@ pub fn assemble(
     Assembled {
         table: b.finish(&nodeports),
         conflicted,
+        conflicts,
         shared,
     }
 }
@@ -280,6 +325,7 @@ impl<'a> TableBuilder<'a> {
     fn finish(&mut self, nodeports: &NodePortIps) -> Table {
         let mut t = skeleton().clone();
         t.family = self.f;
+        t.sets.extend(count_sets(&self.slot_counts));
         for s in &mut t.sets {
             if let Some(elems) = self.elements.remove(s.name.as_str()) {
                 s.elements = elems;
@@ -335,7 +381,6 @@ impl<'a> TableBuilder<'a> {
             .copied()
             .filter(|c| Family::of(&c.addr()) == self.f)
             .collect();
-        let mut selection = selection_chains(&self.slot_counts);
         let pod_short_circuit: Vec<Rule> = self
             .cluster_cidrs()
             .into_iter()
@@ -346,11 +391,6 @@ impl<'a> TableBuilder<'a> {
             .collect();
         for c in &mut t.chains {
             match c.name.as_str() {
-                ENDPOINTS | LOCAL_ENDPOINTS => {
-                    if let Some(at) = selection.iter().position(|s| s.name == c.name) {
-                        *c = selection.swap_remove(at);
-                    }
-                }
                 EXTERNAL_ENDPOINTS => c.rules.insert(
                     0,
                     Rule::new(vec![Expr::MarkOr(mark)], None).with_comment("masquerade"),
@@ -400,6 +440,11 @@ impl<'a> TableBuilder<'a> {
         }
         t.chains.append(&mut self.chains);
         t
+    }
+
+    /// The per-count selection chains, with the Service chains (sorted with them).
+    fn selection(&mut self) {
+        self.chains.extend(selection_chains(&self.slot_counts));
     }
 
     fn service_port(&mut self, sp: &ServicePort) {
@@ -633,18 +678,28 @@ impl<'a> TableBuilder<'a> {
         }
     }
 
-    /// The endpoint map elements of one Service IP or NodePort: `key . slot : endpoint`.
-    fn slots(&mut self, map: &'static str, key: Vec<Value>, eps: &[&Endpoint]) {
+    /// The endpoint map elements of one Service IP or NodePort, `key . slot : endpoint`
+    /// in the map for its endpoint count, and its dispatch element `key : goto select-…`.
+    fn slots(&mut self, kind: &'static str, key: Vec<Value>, eps: &[&Endpoint]) {
         if eps.is_empty() {
             return;
         }
+        let n = eps.len() as u32;
+        let map = count_map(kind, n);
         for (i, ep) in eps.iter().enumerate() {
             let mut k = key.clone();
             k.push(Value::Slot(i as u32));
             let data = ElementData::Values(vec![Value::Addr(ep.ip), Value::Port(ep.port)].into());
             self.add(map, k, Some(data));
         }
-        self.slots.push((map, eps.len() as u32));
+        let dispatch = KINDS
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map(|(_, d, _)| *d)
+            .unwrap_or(SERVICE_SELECT);
+        let v = Some(ElementData::Verdict(goto(select_chain(kind, n))));
+        self.add(dispatch, key, v);
+        self.slots.push((kind, n));
     }
 
     /// Equal-probability choice without a map: rule i of n matches with probability

@@ -121,15 +121,16 @@ fn same_skeleton(a: &Table, b: &Table) -> bool {
             .map(|c| (c.name.clone(), Some(format!("{:?}{:?}", c.base, c.comment))))
             .collect()
     };
+    // Sets of the same name must be declared alike; sets in one table only (the per-count
+    // endpoint maps) are added or deleted by the partial transaction.
     a.family == b.family
         && a.name == b.name
         && a.comment == b.comment
         && bases(a) == bases(b)
-        && a.sets.len() == b.sets.len()
-        && a.sets
-            .iter()
-            .zip(&b.sets)
-            .all(|(x, y)| declaration(x) == declaration(y))
+        && a.sets.iter().all(|x| {
+            b.set(&x.name)
+                .is_none_or(|y| declaration(x) == declaration(y))
+        })
 }
 
 /// The transaction from `old` (what the kernel holds, as we last programmed it) to `new`.
@@ -189,6 +190,23 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
         o.chains.iter().map(|c| (c.name.as_str(), c)).collect();
     let new_names: BTreeSet<&str> = n.chains.iter().map(|c| c.name.as_str()).collect();
 
+    // 0. New sets (per-count endpoint maps), with their elements, before the rules that
+    // look them up.
+    for s in n.sets.iter().filter(|s| o.set(&s.name).is_none()) {
+        ops.push(Op::AddSet {
+            family: n.family,
+            table: n.name.clone(),
+            set: declaration(s),
+        });
+        if !s.elements.is_empty() {
+            ops.push(Op::AddElements {
+                family: n.family,
+                table: n.name.clone(),
+                set: s.name.clone(),
+                elements: s.element_list(),
+            });
+        }
+    }
     // 1. New chains exist before anything refers to them.
     let mut rewrite = Vec::new();
     for c in &n.chains {
@@ -215,20 +233,24 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
     }
     // A rewritten or removed chain that remembered endpoints may leave affinity entries
     // pointing at an endpoint that is gone; forget them all rather than pin clients to it.
-    let remembers = |c: &Chain| {
-        c.rules.iter().any(|r| {
-            r.exprs
-                .iter()
-                .any(|e| matches!(e, Expr::UpdateAffinity { .. }))
-        })
+    // A rewrite that keeps every remembered endpoint (a scale-up) keeps what clients have.
+    let remembered = |c: &Chain| -> BTreeSet<(std::net::IpAddr, u16)> {
+        c.rules
+            .iter()
+            .flat_map(|r| &r.exprs)
+            .filter_map(|e| match e {
+                Expr::UpdateAffinity { addr, port, .. } => Some((*addr, *port)),
+                _ => None,
+            })
+            .collect()
     };
     let affinity_touched = rewrite
         .iter()
-        .filter_map(|c| old_chains.get(c.name.as_str()))
-        .any(|c| remembers(c))
+        .filter_map(|c| old_chains.get(c.name.as_str()).map(|old| (old, c)))
+        .any(|(old, new)| !remembered(old).is_subset(&remembered(new)))
         || o.chains
             .iter()
-            .any(|c| !new_names.contains(c.name.as_str()) && remembers(c));
+            .any(|c| !new_names.contains(c.name.as_str()) && !remembered(c).is_empty());
     if affinity_touched {
         for s in n.sets.iter().filter(|s| s.flags.dynamic) {
             ops.push(Op::FlushSet {
@@ -240,7 +262,11 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
     }
     // 3. Set elements: delete what went away or changed its data, then add. A changed
     // element cannot be overwritten in place (the kernel answers EEXIST).
-    for (os, ns) in o.sets.iter().zip(&n.sets) {
+    for (os, ns) in o
+        .sets
+        .iter()
+        .filter_map(|os| n.set(&os.name).map(|ns| (os, ns)))
+    {
         if ns.flags.dynamic || os.elements == ns.elements {
             continue; // dynamic sets are filled by the datapath
         }
@@ -284,6 +310,14 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
             family: n.family,
             table: n.name.clone(),
             chain: name.to_string(),
+        });
+    }
+    // 5. Sets nobody looks up any more (their chains are gone).
+    for s in o.sets.iter().filter(|s| n.set(&s.name).is_none()) {
+        ops.push(Op::DeleteSet {
+            family: n.family,
+            table: n.name.clone(),
+            set: s.name.clone(),
         });
     }
 }
@@ -349,7 +383,7 @@ mod tests {
         let tx = diff(&a, &b);
         let one = |o: &Op| match o {
             Op::DeleteElements { set, elements, .. } | Op::AddElements { set, elements, .. } => {
-                set == "service-endpoints" && elements.len() == 1
+                set.starts_with("service-endpoints-") && elements.len() == 1
             }
             _ => false,
         };
@@ -367,6 +401,35 @@ mod tests {
             assert_eq!(&simulate(x, &tx), y);
         }
         assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn affinity_is_kept_on_scale_up_and_forgotten_when_an_endpoint_goes() {
+        let affinity = |eps: &[&str]| {
+            cluster(eps, 1).replace(
+                "ports: [{name: p, port: 80}]}",
+                "ports: [{name: p, port: 80}], sessionAffinity: ClientIP}",
+            )
+        };
+        let two = render(&affinity(&["10.244.0.2", "10.244.0.3"]));
+        let three = render(&affinity(&["10.244.0.2", "10.244.0.3", "10.244.0.4"]));
+        let flushes = |tx: &Transaction| {
+            tx.ops
+                .iter()
+                .filter(|o| matches!(o, Op::FlushSet { set, .. } if set == "affinity"))
+                .count()
+        };
+        let up = diff(&two, &three);
+        assert!(!up.is_empty());
+        assert_eq!(
+            flushes(&up),
+            0,
+            "scale-up keeps remembered clients: {up:#?}"
+        );
+        assert_eq!(simulate(&two, &up), three);
+        let down = diff(&three, &two);
+        assert_eq!(flushes(&down), 1, "a gone endpoint is forgotten: {down:#?}");
+        assert_eq!(simulate(&three, &down), two);
     }
 
     #[test]

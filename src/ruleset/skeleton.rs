@@ -25,10 +25,17 @@ pub(super) const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub(super) const NO_EP_SERVICES: &str = "no-endpoint-services";
 pub(super) const NO_EP_NODEPORTS: &str = "no-endpoint-nodeports";
 pub(super) const FIREWALL_IPS: &str = "firewall-ips";
+// Endpoint maps: one per kind and endpoint count N in use, named `<kind>-N` (see
+// `build::count_map`), each looked up by one rule in its own chain `select-<kind>-N`.
 pub(super) const SERVICE_EPS: &str = "service-endpoints";
 pub(super) const NODEPORT_EPS: &str = "nodeport-endpoints";
 pub(super) const LOCAL_SERVICE_EPS: &str = "local-service-endpoints";
 pub(super) const LOCAL_NODEPORT_EPS: &str = "local-nodeport-endpoints";
+// Dispatch: Service IP . proto . port (or proto . NodePort) to `goto select-<kind>-N`.
+pub(super) const SERVICE_SELECT: &str = "service-select";
+pub(super) const NODEPORT_SELECT: &str = "nodeport-select";
+pub(super) const LOCAL_SERVICE_SELECT: &str = "local-service-select";
+pub(super) const LOCAL_NODEPORT_SELECT: &str = "local-nodeport-select";
 
 // Fixed regular chains.
 pub(super) const SERVICES: &str = "services";
@@ -63,7 +70,7 @@ pub fn skeleton() -> &'static Table {
 }
 
 fn table() -> Table {
-    use KeyType::{Addr, Proto, Service, Slot};
+    use KeyType::{Addr, Proto, Service};
     let vip = || vec![Addr, Proto, Service];
     let port = || vec![Proto, Service];
     let endpoint = || Some(MapData::Values(vec![Addr, Service]));
@@ -124,28 +131,28 @@ fn table() -> Table {
                 "destinations that are subject to LoadBalancerSourceRanges",
             ),
             set(
-                SERVICE_EPS,
-                vec![Addr, Proto, Service, Slot],
-                endpoint(),
-                "endpoint number N of each Service IP and port",
+                SERVICE_SELECT,
+                vip(),
+                verdicts(),
+                "Service IP . proto . port to the chain picking among its N endpoints",
             ),
             set(
-                NODEPORT_EPS,
-                vec![Proto, Service, Slot],
-                endpoint(),
-                "endpoint number N of each NodePort",
+                NODEPORT_SELECT,
+                port(),
+                verdicts(),
+                "NodePort to the chain picking among its N endpoints",
             ),
             set(
-                LOCAL_SERVICE_EPS,
-                vec![Addr, Proto, Service, Slot],
-                endpoint(),
-                "node-local endpoint number N of each Service IP and port (traffic policy Local)",
+                LOCAL_SERVICE_SELECT,
+                vip(),
+                verdicts(),
+                "the same over node-local endpoints (traffic policy Local)",
             ),
             set(
-                LOCAL_NODEPORT_EPS,
-                vec![Proto, Service, Slot],
-                endpoint(),
-                "node-local endpoint number N of each NodePort (traffic policy Local)",
+                LOCAL_NODEPORT_SELECT,
+                port(),
+                verdicts(),
+                "the same for NodePorts over node-local endpoints (traffic policy Local)",
             ),
         ],
         chains: vec![
@@ -252,12 +259,20 @@ fn table() -> Table {
             regular(
                 ENDPOINTS,
                 Some("DNAT to a random endpoint of the Service IP or NodePort addressed"),
-                vec![],
+                vec![
+                    vmap(&VIP_KEY, SERVICE_SELECT),
+                    vmap(&PORT_KEY, NODEPORT_SELECT),
+                    reject_miss(),
+                ],
             ),
             regular(
                 LOCAL_ENDPOINTS,
                 Some("the same over this node's endpoints (traffic policy Local)"),
-                vec![],
+                vec![
+                    vmap(&VIP_KEY, LOCAL_SERVICE_SELECT),
+                    vmap(&PORT_KEY, LOCAL_NODEPORT_SELECT),
+                    reject_miss(),
+                ],
             ),
             regular(
                 EXTERNAL_ENDPOINTS,
@@ -319,6 +334,11 @@ fn new_conn(verdict: Verdict) -> Rule {
     Rule::new(vec![Expr::CtStateNew], Some(verdict))
 }
 
+/// The last rule of every selection chain: nothing may leave un-NATed.
+pub(super) fn reject_miss() -> Rule {
+    Rule::new(vec![], Some(Verdict::Goto(REJECT_CHAIN.into()))).with_comment("no endpoint selected")
+}
+
 /// `<key> vmap @map`
 pub(super) fn vmap(key: &[Field], map: &str) -> Rule {
     Rule::new(
@@ -327,5 +347,35 @@ pub(super) fn vmap(key: &[Field], map: &str) -> Rule {
             key: key.to_vec(),
             map: map.into(),
         }),
+    )
+}
+
+/// The endpoint map of `kind` (one of the four endpoint map kinds) for the Service IPs or
+/// NodePorts with exactly `n` endpoints: `key . slot : endpoint`, slots 0..n-1.
+pub(super) fn endpoint_map(kind: &str, name: &str) -> Set {
+    use KeyType::{Addr, Proto, Service, Slot};
+    let (key, comment) = match kind {
+        NODEPORT_EPS => (
+            vec![Proto, Service, Slot],
+            "endpoint number N of each NodePort",
+        ),
+        LOCAL_NODEPORT_EPS => (
+            vec![Proto, Service, Slot],
+            "node-local endpoint number N of each NodePort (traffic policy Local)",
+        ),
+        LOCAL_SERVICE_EPS => (
+            vec![Addr, Proto, Service, Slot],
+            "node-local endpoint number N of each Service IP and port (traffic policy Local)",
+        ),
+        _ => (
+            vec![Addr, Proto, Service, Slot],
+            "endpoint number N of each Service IP and port",
+        ),
+    };
+    set(
+        name,
+        key,
+        Some(MapData::Values(vec![Addr, Service])),
+        comment,
     )
 }

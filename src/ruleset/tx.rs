@@ -47,6 +47,12 @@ pub enum Op {
         table: String,
         set: Set,
     },
+    /// Deletes a set or map (its elements with it); nothing may refer to it any more.
+    DeleteSet {
+        family: Family,
+        table: String,
+        set: String,
+    },
     AddElements {
         family: Family,
         table: String,
@@ -231,7 +237,25 @@ fn replay_op(rs: &mut Ruleset, op: &Op) -> Result<(), ReplayError> {
             if t.sets.iter().any(|s| s.name == set.name) {
                 return err(format!("set {} added twice", set.name));
             }
-            t.sets.push(set.declaration());
+            // The skeleton's sets first, in its order; the per-count maps after, by name.
+            let fixed = t
+                .sets
+                .iter()
+                .take_while(|s| super::skeleton::skeleton().set(&s.name).is_some())
+                .count();
+            let at = if super::skeleton::skeleton().set(&set.name).is_some() {
+                fixed
+            } else {
+                t.sets[fixed..].partition_point(|s| s.name < set.name) + fixed
+            };
+            t.sets.insert(at, set.declaration());
+        }
+        Op::DeleteSet { family, table, set } => {
+            let t = table_mut(rs, *family, table)?;
+            let Some(i) = t.sets.iter().position(|s| &s.name == set) else {
+                return err(format!("deleting missing set {set}"));
+            };
+            t.sets.remove(i);
         }
         Op::AddElements {
             family,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rustables::error::QueryError;
 use rustables::nlmsg::{pad_netlink_object_with_variable_size, NfNetlinkAttribute};
 use rustables::set::{SetElementList, MAX_SET_ELEM_LIST_BYTES};
-use rustables::{Batch, ChainPolicy, Hook as NlHook, MsgType, Rule as NlRule};
+use rustables::{Batch, ChainPolicy, Hook as NlHook, MsgType, Rule as NlRule, Set as NlSet};
 
 use super::text;
 use super::*;
@@ -183,6 +183,12 @@ pub fn to_batch_with(
                 let seq = batch.add(&l, MsgType::Del);
                 add(&mut batch, seq, this);
             }
+            Op::DeleteSet { family, table, set } => {
+                let nl = NlSet::new(set.as_str(), &nl_table(*family, table))
+                    .map_err(|e| encode_err(&op_text(op), e.to_string()))?;
+                let seq = batch.add(&nl, MsgType::Del);
+                add(&mut batch, seq, this);
+            }
             Op::AddElements {
                 family, table, set, ..
             }
@@ -325,6 +331,9 @@ pub(super) fn op_text(op: &Op) -> String {
         }
         Op::FlushSet { family, table, set } => {
             format!("flush set {} {table} {set}", fam(family))
+        }
+        Op::DeleteSet { family, table, set } => {
+            format!("delete set {} {table} {set}", fam(family))
         }
         Op::AddElements {
             family, table, set, ..
