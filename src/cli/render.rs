@@ -155,7 +155,10 @@ pub fn diff_report(args: &RenderArgs, old: &str, new: &str) -> Result<String> {
             }
             Op::FillSet { set, .. } => (None, format!("+ every element of {set}")),
             Op::FlushSet { set, .. } => (None, format!("~ set {set} flushed")),
-            Op::AddTable { .. } | Op::DeleteTable { .. } | Op::AddSet { .. } => continue,
+            Op::AddTable { .. }
+            | Op::DeleteTable { .. }
+            | Op::AddSet { .. }
+            | Op::DeleteSet { .. } => continue,
         };
         by.entry(
             owner

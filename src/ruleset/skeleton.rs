@@ -334,9 +334,12 @@ fn new_conn(verdict: Verdict) -> Rule {
     Rule::new(vec![Expr::CtStateNew], Some(verdict))
 }
 
-/// The last rule of every selection chain: nothing may leave un-NATed.
+/// The last rule of every selection chain: nothing may leave un-NATed. A drop, not a
+/// reject: these chains are nat chains, where a reject does not answer the client (the
+/// real-kernel NodePort test saw a `goto reject-chain` here time out, not refuse), which
+/// is also why upstream rejects only from filter chains.
 pub(super) fn reject_miss() -> Rule {
-    Rule::new(vec![], Some(Verdict::Goto(REJECT_CHAIN.into()))).with_comment("no endpoint selected")
+    Rule::new(vec![], Some(Verdict::Drop)).with_comment("no endpoint selected")
 }
 
 /// `<key> vmap @map`
