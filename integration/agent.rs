@@ -1315,6 +1315,11 @@ fn metrics_health_and_health_check_node_ports() {
         agent.syncs().len()
     );
     assert!(sample(&metrics, "process_start_time_seconds").is_some());
+    // node-a's table holds at least its node IP in nodeport-ips.
+    assert!(
+        sample(&metrics, "kube_nftproxy_set_elements").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
 
     // network_programming_duration runs from the slice's last-change-trigger-time.
     let mut web = slice("timed", "TCP", 8080, &[POD_A]);
@@ -1631,4 +1636,103 @@ fn logging_format_json_writes_json_lines() {
         let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
         assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// switching a node over from kube-proxy
+// ---------------------------------------------------------------------------
+
+/// What kube-proxy (iptables mode) leaves on a node: its chains and jumps, DNATing the
+/// Service IP to the wrong pod (b), beside a foreign chain that must survive.
+const KUBE_PROXY_NAT: &str = "*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-LEFTOVER0000000 - [0:0]
+:KUBE-SEP-LEFTOVER0000000 - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:FOREIGN-KEEP - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A PREROUTING -j FOREIGN-KEEP
+-A FOREIGN-KEEP -s 203.0.113.99/32 -j RETURN
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web:p cluster IP\" -m tcp --dport 80 -j KUBE-SVC-LEFTOVER0000000
+-A KUBE-SVC-LEFTOVER0000000 -j KUBE-SEP-LEFTOVER0000000
+-A KUBE-SEP-LEFTOVER0000000 -p tcp -m tcp -j DNAT --to-destination 10.244.0.12:8080
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+COMMIT
+";
+
+/// The agent started on a node kube-proxy ran on removes exactly kube-proxy's leftovers
+/// (its iptables chains and jumps, its `ip kube-proxy` table), keeps foreign rules, and the
+/// Service is then served by our rules alone.
+#[test]
+fn startup_removes_kube_proxys_leftovers() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let have = |p: &str| Command::new(p).arg("--version").output().is_ok();
+    if !have("iptables-nft-restore") {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but iptables-nft-restore is missing"
+        );
+        eprintln!("skipping: needs iptables-nft-restore (Debian package iptables)");
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    let mut restore = node.command("iptables-nft-restore");
+    restore.arg("--noflush").stdin(Stdio::piped());
+    let mut child = restore.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(KUBE_PROXY_NAT.as_bytes())
+            .unwrap();
+    }
+    assert!(
+        child.wait().unwrap().success(),
+        "loading kube-proxy's leftovers"
+    );
+    node.nft_apply("table ip kube-proxy {\n\tchain nat-prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n}\ntable inet keepme {\n\tchain c {\n\t\ttype filter hook input priority 10; policy accept;\n\t}\n}\n")
+        .unwrap();
+    let save = || node.exec_ok(["iptables-nft-save", "-t", "nat"]);
+    assert!(save().contains("KUBE-SVC-LEFTOVER"));
+
+    apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
+    let mut agent = Agent::start("migrate", node, &s.api, &[]);
+    agent.wait_syncs(1, SYNC);
+    let nat = save();
+    assert!(
+        !nat.contains("KUBE-"),
+        "kube-proxy's chains are left:\n{nat}"
+    );
+    assert!(
+        nat.contains("-A PREROUTING -j FOREIGN-KEEP") && nat.contains("203.0.113.99"),
+        "a foreign chain was touched:\n{nat}"
+    );
+    assert!(!node
+        .nft(["list", "table", "ip", "kube-proxy"])
+        .status
+        .success());
+    assert!(node
+        .nft(["list", "table", "inet", "keepme"])
+        .status
+        .success());
+    assert!(
+        agent.log().contains("removed kube-proxy's leftovers"),
+        "{}",
+        agent.log()
+    );
+    // Only our rules DNAT now: every connection reaches a, none the leftover's b.
+    wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
+    let ids: Vec<_> = s
+        .client
+        .tcp_requests(SVC_IP, 80, 10, TIMEOUT)
+        .iter()
+        .map(server_of)
+        .collect();
+    assert!(ids.iter().all(|i| i.as_deref() == Some("a")), "{ids:?}");
 }

@@ -79,6 +79,19 @@ impl Observe {
         }
     }
 
+    /// The size of what the kernel now holds: set and map elements across our tables.
+    pub fn programmed(&self, ruleset: &crate::ruleset::ir::Ruleset) {
+        if let Some(m) = &self.metrics {
+            let n = ruleset
+                .tables
+                .iter()
+                .flat_map(|t| &t.sets)
+                .map(|s| s.elements.len())
+                .sum();
+            m.set_set_elements(n);
+        }
+    }
+
     /// Resets the failure streak after a sync went through.
     pub fn recovered(&mut self) {
         self.failures = 0;

@@ -261,6 +261,7 @@ pub async fn run<S, F>(
                 );
                 observe.synced(full, report.elapsed, report.ops, &triggers);
                 observe.recovered();
+                observe.programmed(desired.ruleset());
                 on_sync(&report);
                 observe
                     .services(&desired.model_where(|sp| sp.health_check_node_port.is_some()))
