@@ -1736,3 +1736,26 @@ fn startup_removes_kube_proxys_leftovers() {
         .collect();
     assert!(ids.iter().all(|i| i.as_deref() == Some("a")), "{ids:?}");
 }
+
+/// A Service the watcher cannot decode (`ports: "eighty"`) is skipped with a note naming
+/// it; the other objects of the same list page are still programmed.
+#[test]
+fn an_undecodable_service_does_not_fail_its_list() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    let mut bad = service("bad", SVC2_IP, "TCP", 80, 8080);
+    bad["spec"]["ports"] = json!("eighty");
+    s.api.apply(&bad);
+    apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
+    let mut agent = Agent::start("undecodable", node, &s.api, &[]);
+    agent.wait_syncs(1, SYNC);
+    wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
+    let log = agent.log();
+    assert!(
+        log.contains("Service default/bad") && log.contains("does not decode"),
+        "{log}"
+    );
+}

@@ -380,6 +380,13 @@ fn service_ports(
         ));
         return None;
     }
+    if let Some(why) = &svc.invalid {
+        notes.push(skip(
+            &format!("Service {ns}/{name}"),
+            &format!("does not decode: {why}"),
+        ));
+        return None;
+    }
     let spec = svc.spec.as_ref()?;
     if spec.type_ == ServiceType::ExternalName {
         return None;

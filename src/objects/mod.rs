@@ -160,6 +160,26 @@ pub struct Service {
     /// `status.loadBalancer.ingress[].ip`, without the ingresses in `ipMode: Proxy` (those
     /// deliver to the node, not to the VIP).
     pub load_balancer_ingress_ips: Box<[Box<str>]>,
+    /// Why the watcher could not decode the object (e.g. `ports: "eighty"`): it is kept by
+    /// name so the model notes it, and the rest of its list page still counts.
+    pub invalid: Option<Box<str>>,
+}
+
+/// Why an object as received could not be decoded, if it could not.
+trait Invalid {
+    fn invalid(&self) -> Option<Box<str>>;
+}
+
+impl Invalid for core::Service {
+    fn invalid(&self) -> Option<Box<str>> {
+        None
+    }
+}
+
+impl Invalid for api::Service {
+    fn invalid(&self) -> Option<Box<str>> {
+        self.invalid.clone()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -307,6 +327,7 @@ macro_rules! conversions {
     ($core:ident, $discovery:ident, $networking:ident) => {
         impl From<$core::Service> for Service {
             fn from(mut o: $core::Service) -> Service {
+                let invalid = Invalid::invalid(&o);
                 let labels = labels(&mut o.metadata);
                 let load_balancer_ingress_ips = o
                     .status
@@ -354,6 +375,7 @@ macro_rules! conversions {
                     headless_label: labels.contains_key(LABEL_HEADLESS),
                     spec,
                     load_balancer_ingress_ips,
+                    invalid,
                 }
             }
         }
@@ -582,12 +604,47 @@ pub mod api {
         })
     }
 
-    #[derive(Clone, Debug, Deserialize)]
+    #[derive(Clone, Debug)]
     pub struct Service {
-        #[serde(default, deserialize_with = "meta")]
         pub metadata: ObjectMeta,
         pub spec: Option<ServiceSpec>,
         pub status: Option<ServiceStatus>,
+        /// Set when the object did not decode: metadata only, and why.
+        pub invalid: Option<Box<str>>,
+    }
+
+    #[derive(Deserialize)]
+    struct StrictService {
+        #[serde(default, deserialize_with = "meta")]
+        metadata: ObjectMeta,
+        spec: Option<ServiceSpec>,
+        status: Option<ServiceStatus>,
+    }
+
+    /// One malformed Service (`ports: "eighty"`) must not fail the whole list page it came
+    /// in: it is read through a JSON value, and when it does not decode, its name is kept
+    /// with the reason, for the model to note.
+    impl<'de> Deserialize<'de> for Service {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let v = serde_json::Value::deserialize(d)?;
+            match StrictService::deserialize(&v) {
+                Ok(s) => Ok(Service {
+                    metadata: s.metadata,
+                    spec: s.spec,
+                    status: s.status,
+                    invalid: None,
+                }),
+                Err(e) => Ok(Service {
+                    metadata: v
+                        .get("metadata")
+                        .and_then(|m| meta(m).ok())
+                        .unwrap_or_default(),
+                    spec: None,
+                    status: None,
+                    invalid: Some(e.to_string().into_boxed_str()),
+                }),
+            }
+        }
     }
 
     #[derive(Clone, Debug, Deserialize)]
