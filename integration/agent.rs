@@ -1737,8 +1737,9 @@ fn startup_removes_kube_proxys_leftovers() {
     assert!(ids.iter().all(|i| i.as_deref() == Some("a")), "{ids:?}");
 }
 
-/// A Service the watcher cannot decode (`ports: "eighty"`) is skipped with a note naming
-/// it; the other objects of the same list page are still programmed.
+/// A Service or EndpointSlice the watcher cannot decode (`ports: "eighty"`, `addresses`
+/// not a list) is skipped with a note naming it; the other objects of the same list page
+/// are still programmed.
 #[test]
 fn an_undecodable_service_does_not_fail_its_list() {
     if !require_root_and_tools() {
@@ -1749,6 +1750,9 @@ fn an_undecodable_service_does_not_fail_its_list() {
     let mut bad = service("bad", SVC2_IP, "TCP", 80, 8080);
     bad["spec"]["ports"] = json!("eighty");
     s.api.apply(&bad);
+    let mut bad_slice = slice("bad", "TCP", 8080, &[POD_B]);
+    bad_slice["endpoints"][0]["addresses"] = json!("10.244.0.12");
+    s.api.apply(&bad_slice);
     apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
     let mut agent = Agent::start("undecodable", node, &s.api, &[]);
     agent.wait_syncs(1, SYNC);
@@ -1758,4 +1762,5 @@ fn an_undecodable_service_does_not_fail_its_list() {
         log.contains("Service default/bad") && log.contains("does not decode"),
         "{log}"
     );
+    assert!(log.contains("EndpointSlice default/bad-abcde"), "{log}");
 }

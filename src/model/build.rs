@@ -577,6 +577,10 @@ pub fn group_slices<'a>(
                 s.metadata.name.as_deref().unwrap_or("")
             )
         };
+        if let Some(why) = &s.invalid {
+            notes.push(skip(&what(), &format!("does not decode: {why}")));
+            continue;
+        }
         if !matches!(&*s.address_type, "IPv4" | "IPv6") {
             tracing::debug!(slice = what(), "ignoring addressType {}", s.address_type);
             continue;

@@ -176,6 +176,18 @@ impl Invalid for core::Service {
     }
 }
 
+impl Invalid for discovery::EndpointSlice {
+    fn invalid(&self) -> Option<Box<str>> {
+        None
+    }
+}
+
+impl Invalid for api::EndpointSlice {
+    fn invalid(&self) -> Option<Box<str>> {
+        self.invalid.clone()
+    }
+}
+
 impl Invalid for api::Service {
     fn invalid(&self) -> Option<Box<str>> {
         self.invalid.clone()
@@ -222,6 +234,8 @@ pub struct EndpointSlice {
     pub address_type: Arc<str>,
     pub ports: Box<[EndpointPort]>,
     pub endpoints: Box<[Endpoint]>,
+    /// Why the watcher could not decode the object; it then has no ports or endpoints.
+    pub invalid: Option<Box<str>>,
 }
 
 /// A port of an EndpointSlice or of an Endpoints subset.
@@ -382,6 +396,7 @@ macro_rules! conversions {
 
         impl From<$discovery::EndpointSlice> for EndpointSlice {
             fn from(mut o: $discovery::EndpointSlice) -> EndpointSlice {
+                let invalid = Invalid::invalid(&o);
                 let service_name = labels(&mut o.metadata)
                     .remove(LABEL_SERVICE_NAME)
                     .map(String::into_boxed_str);
@@ -426,6 +441,7 @@ macro_rules! conversions {
                             }
                         })
                         .collect(),
+                    invalid,
                 }
             }
         }
@@ -707,16 +723,52 @@ pub mod api {
         pub ip_mode: Option<String>,
     }
 
-    #[derive(Clone, Debug, Deserialize)]
-    #[serde(rename_all = "camelCase")]
+    #[derive(Clone, Debug)]
     pub struct EndpointSlice {
-        #[serde(default, deserialize_with = "meta")]
         pub metadata: ObjectMeta,
-        #[serde(default, deserialize_with = "required")]
         pub address_type: String,
-        #[serde(default, deserialize_with = "required")]
         pub endpoints: Vec<Endpoint>,
         pub ports: Option<Vec<EndpointPort>>,
+        /// Set when the object did not decode: metadata only, and why.
+        pub invalid: Option<Box<str>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct StrictEndpointSlice {
+        #[serde(default, deserialize_with = "meta")]
+        metadata: ObjectMeta,
+        #[serde(default, deserialize_with = "required")]
+        address_type: String,
+        #[serde(default, deserialize_with = "required")]
+        endpoints: Vec<Endpoint>,
+        ports: Option<Vec<EndpointPort>>,
+    }
+
+    /// As for [`Service`]: one malformed slice does not fail its list page.
+    impl<'de> Deserialize<'de> for EndpointSlice {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let v = serde_json::Value::deserialize(d)?;
+            match StrictEndpointSlice::deserialize(&v) {
+                Ok(s) => Ok(EndpointSlice {
+                    metadata: s.metadata,
+                    address_type: s.address_type,
+                    endpoints: s.endpoints,
+                    ports: s.ports,
+                    invalid: None,
+                }),
+                Err(e) => Ok(EndpointSlice {
+                    metadata: v
+                        .get("metadata")
+                        .and_then(|m| meta(m).ok())
+                        .unwrap_or_default(),
+                    address_type: String::new(),
+                    endpoints: Vec::new(),
+                    ports: None,
+                    invalid: Some(e.to_string().into_boxed_str()),
+                }),
+            }
+        }
     }
 
     #[derive(Clone, Debug, Deserialize)]
