@@ -1764,3 +1764,61 @@ fn an_undecodable_service_does_not_fail_its_list() {
     );
     assert!(log.contains("EndpointSlice default/bad-abcde"), "{log}");
 }
+
+/// Tampering inside our table (a rule deleted, a chain flushed, an element deleted), not
+/// only a lost table, is found at the next verify tick and repaired by a full sync; a
+/// foreign table added meanwhile is left alone and does not cause a resync by itself.
+#[test]
+fn tampering_inside_our_table_is_repaired() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
+    let mut agent = Agent::start("tamper", node, &s.api, &["--verify-period=300ms"]);
+    agent.wait_syncs(1, SYNC);
+    wait_converged(node, &s.api, true, SYNC);
+
+    // Another program's commit: our tables are read back once, found intact, no full sync.
+    let syncs = agent.syncs().len();
+    node.nft_apply("table inet someone-else {\n}\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(agent.syncs().len(), syncs, "a foreign commit caused a sync");
+
+    for tamper in [
+        vec![
+            "delete",
+            "element",
+            "ip",
+            TABLE,
+            "service-ips",
+            "{ 10.96.0.10 . tcp . 80 }",
+        ],
+        vec!["flush", "chain", "ip", TABLE, "services"],
+        vec![
+            "add",
+            "rule",
+            "ip",
+            TABLE,
+            "services",
+            "ip",
+            "daddr",
+            "10.96.0.10",
+            "drop",
+        ],
+    ] {
+        let out = node.nft(&tamper);
+        assert!(
+            out.status.success(),
+            "{tamper:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_converged(node, &s.api, true, Duration::from_secs(5));
+    }
+    wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
+    assert!(node
+        .nft(["list", "table", "inet", "someone-else"])
+        .status
+        .success());
+}

@@ -1,6 +1,7 @@
 //! The agent's kernel sink: what a sync does to the kernel of the agent's network namespace.
 
 use crate::model::Model;
+use crate::nft::generation::generation;
 use crate::nft::netlink;
 use crate::ruleset::ir::Ruleset;
 use crate::ruleset::tx::{Op, Transaction};
@@ -8,7 +9,11 @@ use crate::ruleset::tx::{Op, Transaction};
 /// The agent's kernel sink: one netlink transaction per sync, then conntrack cleanup for
 /// UDP flows the change made stale.
 #[derive(Default)]
-pub struct KernelSink;
+pub struct KernelSink {
+    /// The nftables generation once our last transaction (or our last full check) was
+    /// done: while the kernel still reports it, nothing changed our tables.
+    generation: Option<u32>,
+}
 
 impl super::reconcile::Sink for KernelSink {
     fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
@@ -19,14 +24,50 @@ impl super::reconcile::Sink for KernelSink {
             Vec::new()
         };
         let decls = netlink::SetDecls::from_ruleset(desired);
-        netlink::apply_with(tx, &extra, &decls, Some(desired))
+        let done = netlink::apply_with(tx, &extra, &decls, Some(desired))
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        self.generation = done.as_ref().ok().and_then(|_| generation().ok());
+        done
     }
 
+    /// Whether the kernel still holds exactly what we programmed. Cheap while nothing
+    /// committed anything since our last transaction (the generation is unchanged); after
+    /// any other commit, ours are read back and compared with what we wrote (rules, chains,
+    /// set elements; not the datapath's own dynamic sets), so a rule, chain or element
+    /// deleted or added behind our back is repaired by a full sync, not only a lost table.
     fn intact(&mut self, applied: &Ruleset) -> bool {
+        let now = generation().ok();
+        if now.is_some() && now == self.generation {
+            return true;
+        }
         // A failed check is not evidence of tampering: assume intact and try again later.
-        netlink::tables_present(applied).unwrap_or(true)
+        match netlink::tables_present(applied) {
+            Ok(false) => return false,
+            Err(_) => return true,
+            Ok(true) => {}
+        }
+        for t in &applied.tables {
+            let want = netlink::summarize(t);
+            match netlink::read_table(t.family, &t.name) {
+                Ok(Some(have)) if have == want => {}
+                Ok(Some(have)) => {
+                    let diff = netlink::differences(&have, &want);
+                    tracing::warn!(
+                        table = %t.name,
+                        differences = diff.len(),
+                        first = %diff.first().map(String::as_str).unwrap_or(""),
+                        "our table was changed behind our back; full sync"
+                    );
+                    return false;
+                }
+                Ok(None) => return false,
+                Err(_) => return true,
+            }
+        }
+        // Someone else's commit: ours are intact; no need to read them again until the next.
+        self.generation = now;
+        true
     }
 
     fn after_apply(&mut self, old: Option<&Model>, new: &Model) {

@@ -273,7 +273,7 @@ async fn agent(
         Some(mode) => Box::new(DryRun {
             full_ruleset: mode == DryRunMode::Full,
         }),
-        None => Box::new(KernelSink),
+        None => Box::new(KernelSink::default()),
     };
     reconcile::run(
         stores,

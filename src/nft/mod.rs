@@ -1,5 +1,6 @@
 //! Turning the IR into something the kernel or a person reads: nft text here, netlink later.
 
+pub mod generation;
 pub mod monitor;
 pub mod netlink;
 pub mod normalize;
