@@ -297,6 +297,10 @@ const FAULTS: [&str; 11] = [
     "sigterm",
 ];
 
+/// Tampering inside our table behind the agent's back: the rules of one Service chain
+/// flushed; one element of the Service-IP map deleted.
+const TAMPER: [&str; 2] = ["flush-our-chain", "delete-our-element"];
+
 fn soak(duration: Duration) {
     if !require_root_and_tools() {
         return;
@@ -324,6 +328,19 @@ fn soak(duration: Duration) {
     };
     agent.start(&node, &api);
 
+    // SOAK_FAULTS=a,b restricts the kinds; SOAK_TAMPER=1 adds tampering inside our table
+    // (not repaired today: the agent checks only that its tables exist).
+    let mut faults: Vec<&str> = FAULTS.to_vec();
+    if std::env::var_os("SOAK_TAMPER").is_some() {
+        faults.extend(TAMPER);
+    }
+    if let Ok(only) = std::env::var("SOAK_FAULTS") {
+        faults.retain(|f| only.split(',').any(|o| o == *f));
+        assert!(
+            !faults.is_empty(),
+            "SOAK_FAULTS names no fault of {FAULTS:?} {TAMPER:?}"
+        );
+    }
     let mut rng = Rng(seed);
     let changes = Arc::new(AtomicU64::new(0));
     let mut converge: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
@@ -335,7 +352,7 @@ fn soak(duration: Duration) {
     let mut round = 0;
     while t0.elapsed() < duration {
         if order.is_empty() {
-            order = FAULTS.to_vec();
+            order = faults.clone();
             for k in (1..order.len()).rev() {
                 order.swap(k, rng.below(k + 1));
             }
@@ -390,6 +407,45 @@ fn soak(duration: Duration) {
                     failures.push(format!(
                         "round {round}: agent exited while the kernel refused"
                     ));
+                }
+            }
+            "flush-our-chain" => {
+                let l = listing(&node);
+                if let Some(chain) = l
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("chain service-"))
+                    .map(|c| c.trim_end_matches(" {"))
+                    .next()
+                {
+                    let name = format!("service-{chain}");
+                    node.exec_ok(["nft", "flush", "chain", "ip", TABLE, &name]);
+                }
+            }
+            "delete-our-element" => {
+                // The first element of the ClusterIP map, as `nft -j` gives it.
+                let out = node.exec_ok(["nft", "-j", "list", "map", "ip", TABLE, "service-ips"]);
+                let v: Value = serde_json::from_str(&out).unwrap_or_default();
+                let key = v["nftables"]
+                    .as_array()
+                    .and_then(|a| a.iter().find_map(|o| o["map"]["elem"].as_array()))
+                    .and_then(|e| e.first())
+                    .map(|e| e[0].clone());
+                if let Some(key) = key {
+                    let del = json!({"nftables": [{"delete": {"element": {
+                        "family": "ip", "table": TABLE, "name": "service-ips", "elem": [key]}}}]});
+                    let mut c = node.command("nft");
+                    c.args(["-j", "-f", "-"])
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::null());
+                    if let Ok(mut ch) = c.spawn() {
+                        use std::io::Write;
+                        let _ = ch
+                            .stdin
+                            .take()
+                            .unwrap()
+                            .write_all(del.to_string().as_bytes());
+                        let _ = ch.wait();
+                    }
                 }
             }
             "sigkill" => {
