@@ -343,7 +343,8 @@ fn soak(duration: Duration) {
     }
     let mut rng = Rng(seed);
     let changes = Arc::new(AtomicU64::new(0));
-    let mut converge: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    // Per fault: (from the end of the fault and of the churn, from the injection).
+    let mut converge: BTreeMap<&str, Vec<(Duration, Duration)>> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
     let mut max_rss = 0;
     let mut extra_tables = 0;
@@ -368,6 +369,7 @@ fn soak(duration: Duration) {
         std::thread::sleep(Duration::from_millis(1000));
         let mut holder = None;
         let mut sigterm_status = None;
+        let injected = Instant::now();
         match fault {
             "drop-watches" => api.drop_streams(),
             "410-gone" => api.expire_streams(),
@@ -480,7 +482,10 @@ fn soak(duration: Duration) {
             std::thread::sleep(Duration::from_millis(50));
         };
         match converged {
-            Some(d) => converge.entry(fault).or_default().push(d),
+            Some(d) => converge
+                .entry(fault)
+                .or_default()
+                .push((d, ended.duration_since(injected) + d)),
             None => {
                 let w: std::collections::BTreeSet<&str> = want.lines().collect();
                 let g: std::collections::BTreeSet<&str> = got.lines().collect();
@@ -558,7 +563,7 @@ fn soak(duration: Duration) {
     if agent.alive() {
         agent.signal(libc::SIGTERM);
     }
-    let mut all: Vec<Duration> = converge.values().flatten().copied().collect();
+    let mut all: Vec<Duration> = converge.values().flatten().map(|d| d.0).collect();
     all.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     eprintln!(
@@ -571,19 +576,26 @@ fn soak(duration: Duration) {
     );
     if !all.is_empty() {
         eprintln!(
-            "soak: time to converge after a fault ends: median {:.0} ms, max {:.0} ms",
+            "soak: time to converge after a fault and the churn end: median {:.0} ms, max {:.0} ms",
             ms(all[all.len() / 2]),
             ms(*all.last().unwrap())
         );
     }
+    eprintln!(
+        "soak:   fault               n   after the end: median/max   from injection: median/max"
+    );
     for (f, ds) in &converge {
-        let mut ds = ds.clone();
-        ds.sort();
+        let mut a: Vec<Duration> = ds.iter().map(|d| d.0).collect();
+        let mut b: Vec<Duration> = ds.iter().map(|d| d.1).collect();
+        a.sort();
+        b.sort();
         eprintln!(
-            "soak:   {f:<18} {:>3} x, median {:>5.0} ms, max {:>5.0} ms",
+            "soak:   {f:<18} {:>3}   {:>6.0} / {:>6.0} ms             {:>6.0} / {:>6.0} ms",
             ds.len(),
-            ms(ds[ds.len() / 2]),
-            ms(*ds.last().unwrap())
+            ms(a[a.len() / 2]),
+            ms(*a.last().unwrap()),
+            ms(b[b.len() / 2]),
+            ms(*b.last().unwrap())
         );
     }
     api.stop();
