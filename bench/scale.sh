@@ -6,6 +6,8 @@
 # namespace) for the kernel-side breakdown.
 #
 # As root, from the repository: `cargo build --release && sh bench/scale.sh`.
+# SPECS="realistic:1000 uniform:10000" picks the clusters (mix:Services), RUNS the
+# repetitions, BENCH=0 skips `kube-nftproxy bench`.
 # Kernel work happens only in the network namespace this script creates (kntp-bench-PID),
 # which it deletes on exit; apply's state file goes to a scratch directory.
 set -eu
@@ -18,34 +20,36 @@ trap 'ip netns del "$NS"; rm -rf "$OUT"' EXIT
 export KUBE_NFTPROXY_STATE_DIR="$OUT/state"
 ARGS="--hostname-override node-a --cluster-cidr 10.244.0.0/16"
 
-t() { # label, command...: prints "label: <wall s> s, <max RSS> MiB"
+t() { # label, command...: prints the wall time (ms) and the peak RSS (MiB) of the command
     label=$1
     shift
-    /usr/bin/time -o "$OUT/time" -f '%e %M' "$@"
-    awk -v l="$label" '{ printf "  %-34s %6.3f s  %5.0f MiB\n", l, $1, $2 / 1024 }' "$OUT/time"
+    start=$(date +%s%N)
+    /usr/bin/time -o "$OUT/time" -f '%M' "$@" > /dev/null 2>&1
+    end=$(date +%s%N)
+    awk -v l="$label" -v ns=$((end - start)) '{ printf "  %-34s %8.1f ms  %5.0f MiB\n", l, ns / 1e6, $1 / 1024 }' "$OUT/time"
 }
 
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 echo "# $("$BIN" --version); nft $(nft --version | cut -d' ' -f2)"
-for spec in "realistic 1000" "realistic 10000" "uniform 10000"; do
-    set -- $spec
-    mix=$1 n=$2
+for spec in ${SPECS:-realistic:1000 realistic:10000 uniform:10000}; do
+    mix=${spec%%:*} n=${spec#*:}
     f="$OUT/$mix-$n"
     echo "$mix mix, $n Services:"
     t "synthetic" sh -c "\"$BIN\" synthetic --mix $mix --seed 1 --services $n --endpoints 10 > $f.json"
     "$BIN" render $ARGS "$f.json" > "$f.nft" 2>/dev/null
-    echo "  ($(($(wc -c < "$f.json") / 1024)) KiB of JSON, $(($(wc -c < "$f.nft") / 1024)) KiB / $(wc -l < "$f.nft") lines of nft text, $(grep -c 'elements\|: ' "$f.nft" || true) element lines)"
+    echo "  ($(($(wc -c < "$f.json") / 1024)) KiB of JSON, $(($(wc -c < "$f.nft") / 1024)) KiB / $(wc -l < "$f.nft") lines of nft text)"
     i=0
     while [ $i -lt "$RUNS" ]; do
         i=$((i + 1))
-        t "render (run $i)" sh -c "\"$BIN\" render $ARGS $f.json > /dev/null 2>&1"
+        t "render (run $i)" "$BIN" render $ARGS "$f.json"
         ip netns exec "$NS" nft flush ruleset
         rm -rf "$OUT/state"
-        t "cold apply, netlink (run $i)" ip netns exec "$NS" "$BIN" apply $ARGS "$f.json" > /dev/null 2>&1
+        t "cold apply, netlink (run $i)" ip netns exec "$NS" "$BIN" apply $ARGS "$f.json"
         ip netns exec "$NS" nft flush ruleset
         t "nft -f of the render (run $i)" ip netns exec "$NS" nft -f "$f.nft"
         ip netns exec "$NS" nft flush ruleset
     done
 done
+[ "${BENCH:-1}" = 0 ] && exit 0
 echo "kube-nftproxy bench (uniform x 10 endpoints):"
 "$BIN" bench --services 1000,10000 --rounds 20
