@@ -24,7 +24,10 @@ t() { # label, command...: prints the wall time (ms) and the peak RSS (MiB) of t
     label=$1
     shift
     start=$(date +%s%N)
-    /usr/bin/time -o "$OUT/time" -f '%M' "$@" > /dev/null 2>&1
+    if ! /usr/bin/time -o "$OUT/time" -f '%M' "$@" > /dev/null 2> "$OUT/err"; then
+        printf "  %-34s FAILED: %s\n" "$label" "$(grep -v '^Command\|^[[:space:]]' "$OUT/err" | head -1)"
+        return 0
+    fi
     end=$(date +%s%N)
     awk -v l="$label" -v ns=$((end - start)) '{ printf "  %-34s %8.1f ms  %5.0f MiB\n", l, ns / 1e6, $1 / 1024 }' "$OUT/time"
 }
