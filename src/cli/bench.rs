@@ -222,7 +222,7 @@ pub fn run_one(
 ) -> Result<String, BenchError> {
     let mut out = String::new();
     let cluster = match realistic {
-        Some(seed) => synthetic::realistic(services, seed, "node-a"),
+        Some(seed) => synthetic::selection_mix(services, seed, "node-a"),
         None => synthetic::cluster(&synthetic::Spec {
             services,
             endpoints,

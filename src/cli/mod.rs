@@ -29,6 +29,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What `synthetic` generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mix {
+    Uniform,
+    Realistic,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DryRunMode {
     /// Print each sync's transaction as a readable diff.
@@ -193,17 +200,19 @@ pub enum Command {
     Synthetic {
         #[arg(long, default_value_t = 10_000)]
         services: usize,
+        /// Endpoints per Service (`--mix uniform` only).
         #[arg(long, default_value_t = 10)]
         endpoints: usize,
-        #[arg(long, default_value = "node-a")]
-        node: String,
-        /// `uniform` (every Service has --endpoints) or `realistic` (35% one endpoint, 20%
-        /// two, 15% three, a tail to 300; 20% NodePort; 30% with a second, UDP port).
-        #[arg(long, default_value = "uniform", value_parser = ["uniform", "realistic"])]
-        mix: String,
-        /// Seed of the realistic mix.
+        /// `uniform`: every Service a one-port ClusterIP (every tenth a NodePort) with
+        /// `--endpoints` endpoints; `realistic`: a mix of types, ports, protocols, skewed
+        /// endpoint counts, policies and families (see `cli/synthetic/realistic.rs`).
+        #[arg(long, value_enum, default_value_t = Mix::Uniform)]
+        mix: Mix,
+        /// The seed of `--mix realistic`; the same seed gives the same cluster.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        #[arg(long, default_value = "node-a")]
+        node: String,
     },
 }
 
@@ -340,21 +349,29 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Synthetic {
             services,
             endpoints,
-            node,
             mix,
             seed,
+            node,
         } => {
-            let c = if mix == "realistic" {
-                synthetic::realistic(services, seed, &node)
-            } else {
-                synthetic::cluster(&synthetic::Spec {
-                    services,
-                    endpoints,
-                    node,
-                })
-            };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            serde_json::to_writer(&mut out, &c)?;
+            match mix {
+                Mix::Uniform => {
+                    let spec = synthetic::Spec {
+                        services,
+                        endpoints,
+                        node,
+                    };
+                    synthetic::write_list(synthetic::items(&spec), &mut out)?;
+                }
+                Mix::Realistic => {
+                    let spec = synthetic::realistic::Spec {
+                        services,
+                        seed,
+                        node,
+                    };
+                    synthetic::write_list(synthetic::realistic::items(&spec), &mut out)?;
+                }
+            }
             out.write_all(b"\n")?;
             Ok(out.flush()?)
         }
