@@ -118,7 +118,7 @@ fn prepare_node(resolved: &config::Resolved, cleanup_kube_proxy: bool) {
 
 /// The API client: `--kubeconfig` / `clientConnection.kubeconfig`, else in-cluster, else
 /// $KUBECONFIG or ~/.kube/config; `--master` overrides the server URL.
-async fn client(settings: &ClientSettings) -> Result<kube::Client> {
+async fn client(settings: &ClientSettings) -> Result<(kube::Client, String)> {
     let mut config = match &settings.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -154,7 +154,8 @@ async fn client(settings: &ClientSettings) -> Result<kube::Client> {
         }
     }
     tracing::info!(server = %config.cluster_url, "API server");
-    Ok(kube::Client::try_from(config)?)
+    let url = config.cluster_url.to_string();
+    Ok((kube::Client::try_from(config)?, url))
 }
 
 /// Where the agent's HTTP servers listen; `None` is disabled.
@@ -201,6 +202,33 @@ async fn start_servers(
     running
 }
 
+/// Waits until the API server answers, saying at each failed attempt which URL was tried
+/// and why, with exponential backoff (1 s to 30 s): a fresh node whose only route to the
+/// server is broken shows one clear line per attempt, not a stream of connection errors.
+async fn wait_for_api_server(client: &kube::Client, server: &str) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match client.apiserver_version().await {
+            Ok(v) => {
+                tracing::info!(%server, version = %v.git_version, "API server reachable");
+                return;
+            }
+            // It answered (e.g. 403 for /version under a strict RBAC): reachable.
+            Err(kube::Error::Api(_)) => return,
+            Err(e) => {
+                tracing::warn!(
+                    %server,
+                    error = %watch::error_chain(&e),
+                    retry_in_s = wait.as_secs(),
+                    "cannot reach the API server; retrying"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 /// SIGTERM or SIGINT: stop watching and exit, leaving the rules in place as kube-proxy does.
 async fn shutdown_signal() {
     let term = async {
@@ -232,7 +260,8 @@ async fn agent(
         Some(_) => Vec::new(),
         None => start_servers(&servers, &mut observe, timing.sync_period).await,
     };
-    let client = client(&client_settings).await?;
+    let (client, server) = client(&client_settings).await?;
+    wait_for_api_server(&client, &server).await;
     let changes = Arc::new(Changes::default());
     let mut opts = opts;
     match addresses::host_addresses() {
