@@ -7,19 +7,38 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-/// kube-proxy's `conntrack` settings.
+/// kube-proxy's `conntrack` settings. A zero duration or a zero `max_per_core` means
+/// "leave the kernel's value as it is", as upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConntrackLimits {
-    /// Entries per CPU for `nf_conntrack_max`; 0 leaves the limit alone.
+    /// Entries per CPU core for `nf_conntrack_max` (default 32768).
     pub max_per_core: i32,
-    /// The lower bound of `nf_conntrack_max`.
+    /// Lower bound of `nf_conntrack_max` (default 131072).
     pub min: i32,
-    /// 0 leaves the timeout alone.
+    /// `nf_conntrack_tcp_timeout_established` (default 24h).
     pub tcp_established: Duration,
+    /// `nf_conntrack_tcp_timeout_close_wait` (default 1h).
     pub tcp_close_wait: Duration,
+    /// `nf_conntrack_tcp_be_liberal` (default false: leave as is).
     pub tcp_be_liberal: bool,
+    /// `nf_conntrack_udp_timeout` (default 0: leave as is).
     pub udp_timeout: Duration,
+    /// `nf_conntrack_udp_timeout_stream` (default 0: leave as is).
     pub udp_stream_timeout: Duration,
+}
+
+impl Default for ConntrackLimits {
+    fn default() -> Self {
+        ConntrackLimits {
+            max_per_core: 32768,
+            min: 131072,
+            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_close_wait: Duration::from_secs(3600),
+            tcp_be_liberal: false,
+            udp_timeout: Duration::ZERO,
+            udp_stream_timeout: Duration::ZERO,
+        }
+    }
 }
 
 const NF: &str = "net/netfilter/";
@@ -90,16 +109,9 @@ pub fn set_oom_score_adj(score: i32) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// kube-proxy's defaults.
     fn limits() -> ConntrackLimits {
-        ConntrackLimits {
-            max_per_core: 32768,
-            min: 131072,
-            tcp_established: Duration::from_secs(86400),
-            tcp_close_wait: Duration::from_secs(3600),
-            tcp_be_liberal: false,
-            udp_timeout: Duration::ZERO,
-            udp_stream_timeout: Duration::ZERO,
-        }
+        ConntrackLimits::default()
     }
 
     #[test]

@@ -93,18 +93,10 @@ fn prepare_node(resolved: &config::Resolved, cleanup_kube_proxy: bool) {
             tracing::warn!(score, error = %e, "cannot set oom_score_adj");
         }
     }
-    let c = &resolved.conntrack;
-    let limits = node::ConntrackLimits {
-        max_per_core: c.max_per_core,
-        min: c.min,
-        tcp_established: c.tcp_established,
-        tcp_close_wait: c.tcp_close_wait,
-        tcp_be_liberal: c.tcp_be_liberal,
-        udp_timeout: c.udp_timeout,
-        udp_stream_timeout: c.udp_stream_timeout,
-    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (sysctl, value, e) in node::apply_sysctls(&node::conntrack_sysctls(&limits, cpus)) {
+    for (sysctl, value, e) in
+        node::apply_sysctls(&node::conntrack_sysctls(&resolved.conntrack, cpus))
+    {
         tracing::warn!(sysctl, value, error = %e, "cannot set conntrack sysctl");
     }
     if cleanup_kube_proxy {

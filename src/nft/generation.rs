@@ -15,19 +15,7 @@ const NLMSG_ERROR: u16 = 2;
 
 /// The current generation id.
 pub fn generation() -> io::Result<u32> {
-    // SAFETY: socket(2) returns a new descriptor or -1; ownership passes to OwnedFd.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a valid descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = netfilter_socket()?;
     let req = request(1);
     // SAFETY: `req` is valid for its length; the kernel is the destination (zeroed address).
     let sent = unsafe {
@@ -59,6 +47,23 @@ pub fn generation() -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     parse_reply(&buf[..n as usize])
+}
+
+/// A netfilter netlink socket (nftables requests and notifications).
+pub(super) fn netfilter_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) returns a new descriptor or -1; ownership passes to OwnedFd.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a valid descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A GETGEN request: the netlink header, then nfgenmsg (family unspecified, version 0).

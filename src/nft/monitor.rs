@@ -5,7 +5,7 @@
 //! kernel acknowledged it.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,19 +61,7 @@ impl Commits {
 }
 
 fn subscribe() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) returns a new descriptor or -1; ownership passes to OwnedFd.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a valid descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = super::generation::netfilter_socket()?;
     let opt = |level, name, value: libc::c_int| {
         // SAFETY: the option value is a c_int that lives across the call.
         let r = unsafe {

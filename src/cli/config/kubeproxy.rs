@@ -24,39 +24,9 @@ pub const DEFAULT_BURST: i32 = 10;
 /// `clientConnection.contentType` when unset or empty.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
 
-/// The conntrack sysctls kube-proxy sets (`conntrack.*`). A zero duration or a zero
-/// `max_per_core` means "leave the kernel's value as it is", as upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConntrackSettings {
-    /// Entries per CPU core for `nf_conntrack_max` (default 32768).
-    pub max_per_core: i32,
-    /// Lower bound of `nf_conntrack_max` (default 131072).
-    pub min: i32,
-    /// `nf_conntrack_tcp_timeout_established` (default 24h).
-    pub tcp_established: Duration,
-    /// `nf_conntrack_tcp_timeout_close_wait` (default 1h).
-    pub tcp_close_wait: Duration,
-    /// `nf_conntrack_tcp_be_liberal` (default false: leave as is).
-    pub tcp_be_liberal: bool,
-    /// `nf_conntrack_udp_timeout` (default 0: leave as is).
-    pub udp_timeout: Duration,
-    /// `nf_conntrack_udp_timeout_stream` (default 0: leave as is).
-    pub udp_stream_timeout: Duration,
-}
-
-impl Default for ConntrackSettings {
-    fn default() -> Self {
-        ConntrackSettings {
-            max_per_core: 32768,
-            min: 131072,
-            tcp_established: Duration::from_secs(24 * 3600),
-            tcp_close_wait: Duration::from_secs(3600),
-            tcp_be_liberal: false,
-            udp_timeout: Duration::ZERO,
-            udp_stream_timeout: Duration::ZERO,
-        }
-    }
-}
+/// The conntrack sysctls kube-proxy sets (`conntrack.*`), with its defaults; the agent
+/// applies them (`agent::node`).
+pub use crate::agent::node::ConntrackLimits as ConntrackSettings;
 
 /// How the API client connects (`clientConnection`, `--kubeconfig`, `--master`,
 /// `--kube-api-*`).
