@@ -163,6 +163,11 @@ impl Observe {
         }
     }
 
+    /// Whether [`Observe::services`] has anything to update.
+    pub fn serves_services(&self) -> bool {
+        self.service_health.is_some() || self.metrics.is_some()
+    }
+
     /// After a sync: the healthCheckNodePort servers follow the Services with
     /// `externalTrafficPolicy: Local`, and report their local endpoints.
     pub async fn services(&self, model: &Model) {

@@ -263,9 +263,12 @@ pub async fn run<S, F>(
                 observe.recovered();
                 observe.programmed(desired.ruleset());
                 on_sync(&report);
-                observe
-                    .services(&desired.model_where(|sp| sp.health_check_node_port.is_some()))
-                    .await;
+                // Only the agent serving health checks needs the Local Services' ports.
+                if observe.serves_services() {
+                    observe
+                        .services(&desired.model_where(|sp| sp.health_check_node_port.is_some()))
+                        .await;
+                }
                 synced = true;
                 if full {
                     last_full = done;
@@ -297,18 +300,26 @@ fn trigger_times(objects: &ClusterObjects, dirty: &Dirty) -> Vec<SystemTime> {
         .ok()?;
         Some(SystemTime::UNIX_EPOCH + d)
     };
-    objects
-        .endpoint_slices
-        .iter()
-        .filter(|s| {
-            !dirty.all
-                && dirty.objects.iter().any(|(kind, ns, name)| {
-                    kind == "EndpointSlice"
-                        && ns.as_deref() == s.metadata.namespace.as_deref()
-                        && Some(name.as_str()) == s.metadata.name.as_deref()
+    if dirty.all {
+        return Vec::new();
+    }
+    // The changed slices, found by binary search: the snapshot is sorted by namespace and
+    // name, and a sync must not walk every slice of the cluster.
+    (dirty.objects.iter())
+        .filter(|(kind, _, _)| kind == "EndpointSlice")
+        .filter_map(|(_, ns, name)| {
+            let key = (ns.as_deref(), Some(name.as_str()));
+            let at = (objects.endpoint_slices)
+                .binary_search_by(|s| {
+                    let m = &s.metadata;
+                    (m.namespace.as_deref(), m.name.as_deref()).cmp(&key)
                 })
+                .ok()?;
+            objects.endpoint_slices[at]
+                .trigger_time
+                .as_deref()
+                .and_then(parse)
         })
-        .filter_map(|s| s.trigger_time.as_deref().and_then(parse))
         .collect()
 }
 

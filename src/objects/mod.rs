@@ -642,25 +642,40 @@ pub mod api {
     /// with the reason, for the model to note.
     impl<'de> Deserialize<'de> for Service {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let v = serde_json::Value::deserialize(d)?;
-            match StrictService::deserialize(&v) {
-                Ok(s) => Ok(Service {
+            Ok(match lenient::<StrictService, D>(d)? {
+                Ok(s) => Service {
                     metadata: s.metadata,
                     spec: s.spec,
                     status: s.status,
                     invalid: None,
-                }),
-                Err(e) => Ok(Service {
-                    metadata: v
-                        .get("metadata")
-                        .and_then(|m| meta(m).ok())
-                        .unwrap_or_default(),
+                },
+                Err((metadata, why)) => Service {
+                    metadata,
                     spec: None,
                     status: None,
-                    invalid: Some(e.to_string().into_boxed_str()),
-                }),
-            }
+                    invalid: Some(why),
+                },
+            })
         }
+    }
+
+    /// An object that did not decode: its metadata, and why.
+    type Undecoded = (ObjectMeta, Box<str>);
+
+    /// Reads an object through a JSON value: the strict form, or, when it does not
+    /// decode, its metadata and why.
+    fn lenient<'de, T, D>(d: D) -> Result<Result<T, Undecoded>, D::Error>
+    where
+        T: serde::de::DeserializeOwned,
+        D: Deserializer<'de>,
+    {
+        let v = serde_json::Value::deserialize(d)?;
+        Ok(T::deserialize(&v).map_err(|e| {
+            let metadata = (v.get("metadata"))
+                .and_then(|m| meta(m).ok())
+                .unwrap_or_default();
+            (metadata, e.to_string().into_boxed_str())
+        }))
     }
 
     #[derive(Clone, Debug, Deserialize)]
@@ -748,26 +763,22 @@ pub mod api {
     /// As for [`Service`]: one malformed slice does not fail its list page.
     impl<'de> Deserialize<'de> for EndpointSlice {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            let v = serde_json::Value::deserialize(d)?;
-            match StrictEndpointSlice::deserialize(&v) {
-                Ok(s) => Ok(EndpointSlice {
+            Ok(match lenient::<StrictEndpointSlice, D>(d)? {
+                Ok(s) => EndpointSlice {
                     metadata: s.metadata,
                     address_type: s.address_type,
                     endpoints: s.endpoints,
                     ports: s.ports,
                     invalid: None,
-                }),
-                Err(e) => Ok(EndpointSlice {
-                    metadata: v
-                        .get("metadata")
-                        .and_then(|m| meta(m).ok())
-                        .unwrap_or_default(),
+                },
+                Err((metadata, why)) => EndpointSlice {
+                    metadata,
                     address_type: String::new(),
                     endpoints: Vec::new(),
                     ports: None,
-                    invalid: Some(e.to_string().into_boxed_str()),
-                }),
-            }
+                    invalid: Some(why),
+                },
+            })
         }
     }
 
