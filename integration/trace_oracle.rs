@@ -169,6 +169,7 @@ fn check(yaml: &str, flows: &[Flow]) -> Vec<String> {
             },
             origin: f.origin,
             local_addrs: m.node_ips.clone(),
+            in_interface: None,
         };
         let t = match eval::trace(&rs, &q) {
             Ok(t) => t,

@@ -245,6 +245,7 @@ fn live_tables_trace_as_the_rendered_ruleset() {
                         },
                         origin: Origin::Pod,
                         local_addrs: vec![],
+                        in_interface: None,
                     };
                     flows += 1;
                     let (want, got) = (eval::trace(&rs, &q), eval::trace(&live, &q));

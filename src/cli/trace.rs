@@ -58,7 +58,8 @@ pub struct TraceArgs {
     /// addresses, `pod` when it is inside --cluster-cidr, else `external`.
     #[arg(long, value_enum)]
     pub from: Option<FromArg>,
-    /// The interface the packet arrives on (recorded; no rule of ours matches on it).
+    /// The interface the packet arrives on: what `detectLocalMode` InterfaceNamePrefix and
+    /// BridgeInterface rules (`iifname`) match; needed for those modes unless --from node.
     #[arg(long)]
     pub in_interface: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
@@ -597,6 +598,7 @@ pub fn query(a: &TraceArgs, m: &Model) -> Result<Query> {
         },
         origin,
         local_addrs: m.node_ips.clone(),
+        in_interface: a.in_interface.clone(),
     })
 }
 

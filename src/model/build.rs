@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::{Endpoint, Family, Model, Proto, ServicePort};
-use crate::model::options::{NodePortAddresses, Options};
+use super::{Endpoint, Family, LocalTraffic, Model, Proto, ServicePort};
+use crate::model::options::{LocalDetect, NodePortAddresses, Options};
 use crate::objects::input::ClusterObjects;
 use crate::objects::{Address, EndpointSlice, Endpoints, Meta, Node, Service, ServiceType};
 use crate::vocab::Note;
@@ -110,6 +110,28 @@ pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Note>) 
             families.insert(Family::V4);
         }
     }
+    let local_traffic = match &opts.detect_local {
+        LocalDetect::ClusterCidr => LocalTraffic::Cidrs(opts.cluster_cidrs.clone()),
+        LocalDetect::NodeCidr => {
+            LocalTraffic::Cidrs(node.map(|n| node_pod_cidrs(n, notes)).unwrap_or_default())
+        }
+        LocalDetect::InterfaceNamePrefix(p) => LocalTraffic::InterfacePrefix(p.clone()),
+        LocalDetect::BridgeInterface(b) => LocalTraffic::Interface(b.clone()),
+    };
+    if opts.detect_local == LocalDetect::NodeCidr {
+        if let LocalTraffic::Cidrs(c) = &local_traffic {
+            if c.is_empty() {
+                // Upstream (getLocalDetectors) logs this and runs with a no-op detector:
+                // no ClusterIP masquerading by source, no short-circuit of pod traffic.
+                notes.push(Note {
+                    object: format!("Node {}", opts.hostname),
+                    reason: "detectLocalMode is NodeCIDR but this Node has no spec.podCIDRs \
+                             (yet); pod traffic is not told apart until it has"
+                        .into(),
+                });
+            }
+        }
+    }
     Model {
         node_name: opts.hostname.clone(),
         node_zone,
@@ -121,8 +143,24 @@ pub fn globals(objects: &ClusterObjects, opts: &Options, notes: &mut Vec<Note>) 
         nodeport_addresses: opts.nodeport_addresses.clone(),
         masquerade_all: opts.masquerade_all,
         masquerade_mark: opts.masquerade_mark(),
+        local_traffic,
         services: Vec::new(),
     }
+}
+
+/// The Node's `spec.podCIDRs`, at most one per family as the API allows (upstream's
+/// detector takes the first of each family).
+fn node_pod_cidrs(n: &Node, notes: &mut Vec<Note>) -> Vec<IpNet> {
+    let what = format!("Node {}", n.metadata.name.as_deref().unwrap_or(""));
+    let mut out: Vec<IpNet> = Vec::new();
+    for c in &n.pod_cidrs {
+        match object_cidr(c, "podCIDR", &what, notes) {
+            Some(net) if !out.iter().any(|o| net_family(o) == net_family(&net)) => out.push(net),
+            Some(_) => {}
+            None => notes.push(skip(&what, &format!("invalid podCIDR {c:?} ignored"))),
+        }
+    }
+    out
 }
 
 /// The ports of one Service with their endpoints, sorted by port name and protocol.
@@ -820,6 +858,42 @@ mod tests {
             ..Options::default()
         };
         build(&objects, &opts)
+    }
+
+    /// NodeCIDR takes the Node's podCIDRs (first of each family); a Node without them
+    /// gets no detector and a note, as upstream's no-op detector with its log line.
+    #[test]
+    fn node_cidr_detection_reads_the_nodes_pod_cidrs() {
+        let globals_for = |node: &str| {
+            let mut objects = ClusterObjects::default();
+            objects.add_text("t.yaml", node, &mut Vec::new()).unwrap();
+            let opts = Options {
+                hostname: "node-a".into(),
+                cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+                detect_local: LocalDetect::NodeCidr,
+                ..Options::default()
+            };
+            let mut notes = Vec::new();
+            (globals(&objects, &opts, &mut notes), notes)
+        };
+        let (m, notes) = globals_for(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nspec: {podCIDRs: [10.244.3.0/24, 'fd00:244:3::/64', 10.244.9.0/24]}\n",
+        );
+        assert_eq!(
+            m.local_traffic,
+            LocalTraffic::Cidrs(vec![
+                "10.244.3.0/24".parse().unwrap(),
+                "fd00:244:3::/64".parse().unwrap()
+            ])
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        let (m, notes) =
+            globals_for("apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nspec: {}\n");
+        assert_eq!(m.local_traffic, LocalTraffic::Cidrs(vec![]));
+        assert!(
+            notes.iter().any(|n| n.reason.contains("no spec.podCIDRs")),
+            "{notes:?}"
+        );
     }
 
     fn svc(name: &str, spec: &str) -> String {

@@ -15,7 +15,7 @@ pub use build::{
     parse_ip_sloppy, service, NodePortIps, ObjKey, SvcKey, LABEL_SERVICE_NAME,
 };
 pub use endpoints::{categorize, Categorized};
-pub use options::{NodePortAddresses, Options};
+pub use options::{LocalDetect, NodePortAddresses, Options};
 
 /// Everything the rule builder needs, per node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +33,23 @@ pub struct Model {
     pub nodeport_addresses: NodePortAddresses,
     pub masquerade_all: bool,
     pub masquerade_mark: u32,
+    /// How the rules tell traffic from this node's pods (`detectLocalMode`, resolved).
+    pub local_traffic: LocalTraffic,
     /// Sorted by namespace, name, port name, protocol.
     pub services: Vec<ServicePort>,
+}
+
+/// A resolved local-traffic detector (`Options::detect_local` with the data it needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalTraffic {
+    /// Source address inside one of these (`ClusterCIDR`: `--cluster-cidr`; `NodeCIDR`: the
+    /// Node's `spec.podCIDRs`). A family with no CIDR has no detector: as upstream's no-op
+    /// detector, its table gets neither the masquerade rule nor the short-circuit rules.
+    Cidrs(Vec<IpNet>),
+    /// Input interface name starting with this prefix (`iifname "veth*"`).
+    InterfacePrefix(String),
+    /// Input interface named exactly this (`iifname "cni0"`).
+    Interface(String),
 }
 
 /// One port of one Service: the unit kube-proxy programs.

@@ -16,6 +16,34 @@ pub enum NodePortAddresses {
     Cidrs(Vec<IpNet>),
 }
 
+/// How traffic from this node's pods is told from other traffic (`detectLocalMode`), as
+/// upstream's local-traffic detectors: the ClusterIP masquerade rule marks traffic that is
+/// *not* local, and externally-reached Local-policy Services short-circuit traffic that is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LocalDetect {
+    /// `ip saddr` inside `--cluster-cidr` (the default).
+    #[default]
+    ClusterCidr,
+    /// `ip saddr` inside this Node's `spec.podCIDRs`.
+    NodeCidr,
+    /// `iifname "PREFIX*"` (`--pod-interface-name-prefix`).
+    InterfaceNamePrefix(String),
+    /// `iifname "NAME"` (`--pod-bridge-interface`).
+    BridgeInterface(String),
+}
+
+impl LocalDetect {
+    /// The `detectLocalMode` value.
+    pub fn mode_name(&self) -> &'static str {
+        match self {
+            LocalDetect::ClusterCidr => "ClusterCIDR",
+            LocalDetect::NodeCidr => "NodeCIDR",
+            LocalDetect::InterfaceNamePrefix(_) => "InterfaceNamePrefix",
+            LocalDetect::BridgeInterface(_) => "BridgeInterface",
+        }
+    }
+}
+
 /// Everything the pure core needs besides the cluster objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -37,6 +65,8 @@ pub struct Options {
     pub masquerade_all: bool,
     /// `nftables.masqueradeBit` (default 14, mark 0x4000).
     pub masquerade_bit: u8,
+    /// `detectLocalMode` with its `detectLocal` settings.
+    pub detect_local: LocalDetect,
 }
 
 impl Default for Options {
@@ -50,6 +80,7 @@ impl Default for Options {
             service_cidrs: Vec::new(),
             masquerade_all: false,
             masquerade_bit: 14,
+            detect_local: LocalDetect::ClusterCidr,
         }
     }
 }

@@ -950,6 +950,24 @@ impl<'t> Parser<'t> {
                     (a, b) => return err(l, format!("unsupported ct expression {a:?} {b:?}")),
                 }
             }
+            "iifname" => {
+                let op = if self.eat("!=") {
+                    CmpOp::Neq
+                } else {
+                    CmpOp::Eq
+                };
+                let l = self.line();
+                let s = self.string()?;
+                // nft's wildcard: a trailing `*` matches any rest of the name.
+                let (name, prefix) = match s.strip_suffix('*') {
+                    Some(p) => (p.to_string(), true),
+                    None => (s, false),
+                };
+                if name.is_empty() || name.len() >= 16 {
+                    return err(l, format!("invalid interface name {name:?}"));
+                }
+                Item::Expr(Expr::Iifname { op, name, prefix })
+            }
             "fib" => {
                 let l = self.line();
                 let a = match self.word()?.as_str() {
@@ -1243,6 +1261,16 @@ mod tests {
                     },
                     Expr::CtStateNew,
                     Expr::CtStatusDnat,
+                    Expr::Iifname {
+                        op: CmpOp::Eq,
+                        name: "cni0".into(),
+                        prefix: false,
+                    },
+                    Expr::Iifname {
+                        op: CmpOp::Neq,
+                        name: "veth".into(),
+                        prefix: true,
+                    },
                     Expr::FibLocal(FibAddr::Saddr),
                     Expr::FibLocal(FibAddr::Daddr),
                     Expr::Numgen {

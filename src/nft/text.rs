@@ -422,6 +422,14 @@ fn expr(f: Family, e: &Expr) -> String {
             };
             format!("{} {op}{}", field(f, *fl), prefix(addr, *prefix_len))
         }
+        Expr::Iifname { op, name, prefix } => {
+            let op = match op {
+                CmpOp::Eq => "",
+                CmpOp::Neq => "!= ",
+            };
+            let star = if *prefix { "*" } else { "" };
+            format!("iifname {op}\"{name}{star}\"")
+        }
         Expr::L4Proto(p) => format!("meta l4proto {}", p.name()),
         Expr::Lookup { key: k, set } => format!("{} @{set}", key(f, k)),
         Expr::CtStateNew => "ct state new".into(),

@@ -299,6 +299,9 @@ pub struct Node {
     /// Being deleted (`deletionTimestamp`) or drained by the cluster autoscaler (taint
     /// `ToBeDeletedByClusterAutoscaler`): load balancers should stop sending to it.
     pub draining: bool,
+    /// `spec.podCIDRs`: the pod CIDRs allocated to this node, which `detectLocalMode:
+    /// NodeCIDR` tells pod traffic by.
+    pub pod_cidrs: Box<[Box<str>]>,
 }
 
 /// The cluster autoscaler's taint on a node it is about to remove.
@@ -488,10 +491,12 @@ macro_rules! conversions {
                         .as_ref()
                         .and_then(|s| s.taints.as_ref())
                         .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
+                let pod_cidrs = boxed(o.spec.as_mut().and_then(|s| s.pod_cidrs.take()));
                 Node {
                     metadata: Meta::of(&mut o.metadata),
                     zone,
                     draining,
+                    pod_cidrs,
                     addresses: o
                         .status
                         .and_then(|s| s.addresses)
@@ -868,6 +873,8 @@ pub mod api {
     #[derive(Clone, Debug, Deserialize)]
     pub struct NodeSpec {
         pub taints: Option<Vec<Taint>>,
+        #[serde(rename = "podCIDRs")]
+        pub pod_cidrs: Option<Vec<String>>,
     }
 
     #[derive(Clone, Debug, Deserialize)]

@@ -11,7 +11,9 @@ use ipnet::IpNet;
 use super::ir::*;
 use super::names;
 use super::skeleton::*;
-use crate::model::{categorize, nodeport_ips, Endpoint, Model, NodePortIps, ServicePort};
+use crate::model::{
+    categorize, nodeport_ips, Endpoint, LocalTraffic, Model, NodePortIps, ServicePort,
+};
 use crate::vocab::Note;
 
 /// The four kinds of endpoint map: (kind, dispatch map, packet fields keyed before the
@@ -280,6 +282,14 @@ fn host(field: Field, ip: IpAddr) -> Expr {
     cmp(field, CmpOp::Eq, IpNet::from(ip))
 }
 
+fn iifname(op: CmpOp, name: &str, prefix: bool) -> Expr {
+    Expr::Iifname {
+        op,
+        name: name.to_string(),
+        prefix,
+    }
+}
+
 fn goto(chain: &str) -> Verdict {
     Verdict::Goto(chain.into())
 }
@@ -307,13 +317,33 @@ impl<'a> TableBuilder<'a> {
         }
     }
 
-    fn cluster_cidrs(&self) -> Vec<IpNet> {
-        self.m
-            .cluster_cidrs
-            .iter()
-            .copied()
-            .filter(|c| Family::of(&c.addr()) == self.f)
-            .collect()
+    /// The matches that each say "from a local pod" (upstream's `IfLocalNFT`), one rule
+    /// each; empty when this family has no detector (e.g. no CIDR of the family).
+    fn if_local(&self) -> Vec<Expr> {
+        match &self.m.local_traffic {
+            LocalTraffic::Cidrs(cidrs) => cidrs
+                .iter()
+                .filter(|c| Family::of(&c.addr()) == self.f)
+                .map(|c| cmp(Field::Saddr, CmpOp::Eq, *c))
+                .collect(),
+            LocalTraffic::InterfacePrefix(p) => vec![iifname(CmpOp::Eq, p, true)],
+            LocalTraffic::Interface(i) => vec![iifname(CmpOp::Eq, i, false)],
+        }
+    }
+
+    /// The matches that together say "not from a local pod" (`IfNotLocalNFT`); `None`
+    /// without a detector.
+    fn if_not_local(&self) -> Option<Vec<Expr>> {
+        let v: Vec<Expr> = match &self.m.local_traffic {
+            LocalTraffic::Cidrs(cidrs) => cidrs
+                .iter()
+                .filter(|c| Family::of(&c.addr()) == self.f)
+                .map(|c| cmp(Field::Saddr, CmpOp::Neq, *c))
+                .collect(),
+            LocalTraffic::InterfacePrefix(p) => vec![iifname(CmpOp::Neq, p, true)],
+            LocalTraffic::Interface(i) => vec![iifname(CmpOp::Neq, i, false)],
+        };
+        (!v.is_empty()).then_some(v)
     }
 
     fn add(&mut self, set: &'static str, key: Vec<Value>, data: Option<ElementData>) {
@@ -359,13 +389,9 @@ impl<'a> TableBuilder<'a> {
                 Rule::new(vec![in_cluster_ips, Expr::MarkOr(mark)], None)
                     .with_comment("masquerade all clusterIP traffic"),
             )
-        } else if !self.cluster_cidrs().is_empty() {
+        } else if let Some(not_local) = self.if_not_local() {
             let mut exprs = vec![in_cluster_ips];
-            exprs.extend(
-                self.cluster_cidrs()
-                    .into_iter()
-                    .map(|c| cmp(Field::Saddr, CmpOp::Neq, c)),
-            );
+            exprs.extend(not_local);
             exprs.push(Expr::MarkOr(mark));
             Some(
                 Rule::new(exprs, None)
@@ -382,11 +408,10 @@ impl<'a> TableBuilder<'a> {
             .filter(|c| Family::of(&c.addr()) == self.f)
             .collect();
         let pod_short_circuit: Vec<Rule> = self
-            .cluster_cidrs()
+            .if_local()
             .into_iter()
-            .map(|c| {
-                Rule::new(vec![cmp(Field::Saddr, CmpOp::Eq, c)], Some(goto(ENDPOINTS)))
-                    .with_comment("short-circuit pod traffic")
+            .map(|m| {
+                Rule::new(vec![m], Some(goto(ENDPOINTS))).with_comment("short-circuit pod traffic")
             })
             .collect();
         for c in &mut t.chains {
@@ -617,13 +642,10 @@ impl<'a> TableBuilder<'a> {
                 // Traffic from pods and from the node itself is not subject to the external
                 // policy: it behaves as if it went out to the load balancer and came back.
                 if has_cluster {
-                    for c in self.cluster_cidrs() {
+                    for m in self.if_local() {
                         rules.push(
-                            Rule::new(
-                                vec![cmp(Field::Saddr, CmpOp::Eq, c)],
-                                Some(goto(&cluster_chain)),
-                            )
-                            .with_comment("short-circuit pod traffic"),
+                            Rule::new(vec![m], Some(goto(&cluster_chain)))
+                                .with_comment("short-circuit pod traffic"),
                         );
                     }
                 }

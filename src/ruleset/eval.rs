@@ -76,6 +76,9 @@ pub struct Query {
     /// The node's own addresses (besides loopback): `fib ... type local` and the routing
     /// decision.
     pub local_addrs: Vec<IpAddr>,
+    /// The interface the packet arrives on (`iifname`). A packet the node sends itself
+    /// has none, whatever this says.
+    pub in_interface: Option<String>,
 }
 
 impl Query {
@@ -616,6 +619,28 @@ impl<'a> Run<'a> {
                     CmpOp::Neq => !inside,
                 }
             }
+            Expr::Iifname { op, name, prefix } => {
+                let iif =
+                    match (self.q.origin, &self.q.in_interface) {
+                        // Locally generated: the kernel compares an empty name.
+                        (Origin::Node, _) => "",
+                        (_, Some(i)) => i.as_str(),
+                        (_, None) => return Err(
+                            "the rule matches the input interface (iifname); give the packet's \
+                             interface (--in-interface)"
+                                .into(),
+                        ),
+                    };
+                let hit = if *prefix {
+                    iif.starts_with(name.as_str())
+                } else {
+                    iif == name
+                };
+                match op {
+                    CmpOp::Eq => hit,
+                    CmpOp::Neq => !hit,
+                }
+            }
             Expr::L4Proto(p) => self.pkt.proto == *p,
             Expr::Lookup { key, set } => {
                 let s = t.set(set).ok_or(format!("set {set} does not exist"))?;
@@ -951,6 +976,7 @@ mod tests {
             },
             origin: Origin::Pod,
             local_addrs: vec![ip("192.168.0.10")],
+            in_interface: None,
         }
     }
 
@@ -1023,6 +1049,66 @@ mod tests {
             .steps
             .iter()
             .any(|s| matches!(s, Step::Hook(Hook::Prerouting))));
+    }
+
+    /// `detectLocalMode: InterfaceNamePrefix`: whether a packet from a pod address counts
+    /// as local traffic depends on the interface it arrives on, not its address.
+    #[test]
+    fn iifname_rules_follow_the_input_interface() {
+        use std::collections::BTreeSet;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/etp-local");
+        let yaml = std::fs::read_to_string(dir.join("cluster.yaml")).unwrap();
+        let objects =
+            crate::ruleset::render::read_sources([("etp-local", yaml.as_str())], &mut Vec::new())
+                .unwrap();
+        let opts = crate::model::Options {
+            hostname: "node-a".into(),
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+            detect_local: crate::model::LocalDetect::InterfaceNamePrefix("veth".into()),
+            ..Default::default()
+        };
+        let (rs, _) = crate::ruleset::render::ruleset(&objects, &opts);
+        let q = |dst: &str, port: u16, iif: Option<&str>| Query {
+            packet: Packet {
+                proto: Proto::Tcp,
+                saddr: ip("10.244.0.9"),
+                sport: 40000,
+                daddr: ip(dst),
+                dport: port,
+            },
+            origin: Origin::Pod,
+            local_addrs: vec![ip("192.168.0.10")],
+            in_interface: iif.map(String::from),
+        };
+        let targets = |q: &Query| -> BTreeSet<(IpAddr, bool)> {
+            let t = trace(&rs, q).unwrap();
+            (t.outcomes().into_iter())
+                .map(|(o, _)| (o.dnat.unwrap().0, o.masquerade.is_some()))
+                .collect()
+        };
+        let both_unmasqueraded: BTreeSet<_> =
+            [(ip("10.244.0.48"), false), (ip("10.244.1.48"), false)].into();
+        // From a pod's veth to the eTP=Local VIP: short-circuited to every endpoint.
+        assert_eq!(
+            targets(&q("203.0.113.40", 443, Some("veth1a2b"))),
+            both_unmasqueraded
+        );
+        // The same address arriving on eth0 is external: local endpoint only.
+        assert_eq!(
+            targets(&q("203.0.113.40", 443, Some("eth0"))),
+            [(ip("10.244.0.48"), false)].into()
+        );
+        // ClusterIP: masqueraded only when not from a pod interface.
+        assert_eq!(
+            targets(&q("10.96.0.48", 443, Some("veth0"))),
+            both_unmasqueraded
+        );
+        assert!(targets(&q("10.96.0.48", 443, Some("ens3")))
+            .iter()
+            .all(|(_, masq)| *masq));
+        // Without the interface, the rule cannot be evaluated: refused, not guessed.
+        let e = trace(&rs, &q("10.96.0.48", 443, None)).unwrap_err();
+        assert!(e.0.contains("--in-interface"), "{e}");
     }
 
     #[test]

@@ -338,6 +338,13 @@ pub enum Expr {
         addr: IpAddr,
         prefix_len: u8,
     },
+    /// `iifname "cni0"`, `iifname != "veth*"`: the input interface's name, whole or (with
+    /// `prefix`) its start, as nft's `*` wildcard.
+    Iifname {
+        op: CmpOp,
+        name: String,
+        prefix: bool,
+    },
     /// `meta l4proto tcp`
     L4Proto(Proto),
     /// `ip daddr @cluster-ips`, `ip saddr . ip daddr . meta l4proto . th dport @hairpin`

@@ -29,6 +29,7 @@ fn model(services: Vec<ServicePort>) -> Model {
         nodeport_addresses: NodePortAddresses::Primary,
         masquerade_all: false,
         masquerade_mark: 0x4000,
+        local_traffic: crate::model::LocalTraffic::Cidrs(vec![]),
         services,
     }
 }

@@ -694,6 +694,22 @@ pub(super) fn resolve_kube(
         }
         _ => {}
     }
+    // The rules compare the name in the kernel's IFNAMSIZ bytes (15 and a NUL), and nft's
+    // text form cannot hold a quote; a longer name would match nothing.
+    let bad_name =
+        |n: &str| n.len() > 15 || n.contains(['"', '*', '/']) || n.contains(char::is_whitespace);
+    let name_in_use = match mode {
+        DetectLocalMode::InterfaceNamePrefix => Some(&detect_local.interface_prefix),
+        DetectLocalMode::BridgeInterface => Some(&detect_local.bridge_interface),
+        _ => None,
+    };
+    if let Some(n) = name_in_use.filter(|n| bad_name(n)) {
+        return Err(invalid(
+            mode_setting,
+            &mode_text,
+            &format!("interface name {n:?} is not a valid Linux interface name (at most 15 bytes, no quote, '*', '/' or space)"),
+        ));
+    }
 
     // Feature gates: the file's, then the flag's over them.
     let mut feature_gates = cfg.feature_gates.clone().unwrap_or_default();

@@ -520,6 +520,14 @@ fn out_of_range_values_name_the_setting() {
     assert!(msg.contains("detectLocalMode"), "{msg}");
     let msg = file_err("dlp", "detectLocalMode: InterfaceNamePrefix\n");
     assert!(msg.contains("interfaceNamePrefix"), "{msg}");
+    let msg = file_err(
+        "dlb",
+        "detectLocalMode: BridgeInterface\ndetectLocal:\n  bridgeInterface: a-name-longer-than-15\n",
+    );
+    assert!(
+        msg.contains("detectLocalMode") && msg.contains("15 bytes"),
+        "{msg}"
+    );
     let msg = file_err("fmt", "logging:\n  format: xml\n");
     assert!(msg.contains("logging.format"), "{msg}");
     let msg = resolve_all(&flags(&["--healthz-bind-address=nowhere"]))
@@ -613,4 +621,71 @@ fn go_durations_print_as_go_does() {
     assert_eq!(format_duration_go(Duration::from_secs(90)), "1m30s");
     assert_eq!(format_duration_go(Duration::from_millis(500)), "500ms");
     assert_eq!(format_duration_go(Duration::from_millis(1500)), "1.5s");
+}
+
+/// `detectLocalMode` and its settings reach the rules: each mode renders the eTP=Local
+/// scenario with its own local-traffic match, and none of them is only warned about.
+#[test]
+fn detect_local_mode_changes_the_rendered_rules() {
+    let yaml = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/etp-local/cluster.yaml"),
+    )
+    .expect("scenario");
+    let objects =
+        crate::ruleset::render::read_sources([("etp-local", yaml.as_str())], &mut Vec::new())
+            .expect("reads");
+    let render = |extra: &[&str]| -> String {
+        let mut f = vec!["--cluster-cidr=10.244.0.0/16"];
+        f.extend_from_slice(extra);
+        let r = resolve_all(&flags(&f)).unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+        assert!(
+            !r.warnings.iter().any(|w| w.contains("detectLocal")),
+            "{:?}",
+            r.warnings
+        );
+        crate::nft::text::script(&crate::ruleset::render::ruleset(&objects, &r.options).0)
+    };
+    let cluster = render(&[]);
+    let node = render(&["--detect-local-mode=NodeCIDR"]);
+    let prefix = render(&[
+        "--detect-local-mode=InterfaceNamePrefix",
+        "--pod-interface-name-prefix=veth",
+    ]);
+    let bridge = render(&[
+        "--detect-local-mode=BridgeInterface",
+        "--pod-bridge-interface=cni0",
+    ]);
+    let has = |text: &str, what: &str| text.contains(what);
+    assert!(
+        has(&cluster, "ip saddr != 10.244.0.0/16 meta mark set"),
+        "{cluster}"
+    );
+    assert!(
+        has(&cluster, "ip saddr 10.244.0.0/16 goto endpoints"),
+        "{cluster}"
+    );
+    // node-a's spec.podCIDRs is 10.244.0.0/24.
+    assert!(
+        has(&node, "ip saddr != 10.244.0.0/24 meta mark set"),
+        "{node}"
+    );
+    assert!(
+        has(&node, "ip saddr 10.244.0.0/24 goto endpoints"),
+        "{node}"
+    );
+    assert!(
+        has(&prefix, "iifname != \"veth*\" meta mark set"),
+        "{prefix}"
+    );
+    assert!(has(&prefix, "iifname \"veth*\" goto endpoints"), "{prefix}");
+    assert!(
+        has(&bridge, "iifname != \"cni0\" meta mark set"),
+        "{bridge}"
+    );
+    assert!(has(&bridge, "iifname \"cni0\" goto endpoints"), "{bridge}");
+    for t in [&prefix, &bridge] {
+        assert!(!t.contains("ip saddr 10.244.0.0/16"), "{t}");
+    }
+    // The prefix flag alone does nothing without the mode, as upstream.
+    assert_eq!(render(&["--pod-interface-name-prefix=veth"]), cluster);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::*;
-use crate::model::options::{NodePortAddresses, Options};
+use crate::model::options::{LocalDetect, NodePortAddresses, Options};
 
 /// Flags merged over the `--config` file, validated. See [`resolve_all`].
 pub fn resolve(args: &RenderArgs) -> Result<Options, ConfigError> {
@@ -109,14 +109,17 @@ pub fn resolve_all(args: &RenderArgs) -> Result<Resolved, ConfigError> {
     };
 
     let kube = resolve_kube(args, cfg, path)?;
-    let mut warnings = kube.warnings;
-    if kube.detect_local.mode != DetectLocalMode::ClusterCidr {
-        warnings.push(format!(
-            "detectLocalMode {} is resolved but the ruleset still tells pod traffic by \
-             clusterCIDR only",
-            kube.detect_local.mode.as_str()
-        ));
-    }
+    let warnings = kube.warnings;
+    let detect_local = match kube.detect_local.mode {
+        DetectLocalMode::ClusterCidr => LocalDetect::ClusterCidr,
+        DetectLocalMode::NodeCidr => LocalDetect::NodeCidr,
+        DetectLocalMode::InterfaceNamePrefix => {
+            LocalDetect::InterfaceNamePrefix(kube.detect_local.interface_prefix.clone())
+        }
+        DetectLocalMode::BridgeInterface => {
+            LocalDetect::BridgeInterface(kube.detect_local.bridge_interface.clone())
+        }
+    };
 
     let mut sync = resolve_sync_settings(&nft, path)?;
     // Upstream applies --iptables-(min-)sync-period in every mode but ipvs.
@@ -161,6 +164,7 @@ pub fn resolve_all(args: &RenderArgs) -> Result<Resolved, ConfigError> {
         service_cidrs,
         masquerade_all: args.masquerade_all.or(nft.masquerade_all).unwrap_or(false),
         masquerade_bit,
+        detect_local,
     };
     Ok(Resolved {
         options,

@@ -15,6 +15,8 @@ use crate::ruleset::ir::{self, CmpOp, Expr, Family, FibAddr, Field, KeyType, Val
 
 /// `RTN_LOCAL` from `<linux/rtnetlink.h>`: what `fib ... type` returns for a local address.
 pub(super) const RTN_LOCAL: u32 = 2;
+/// `IFNAMSIZ` from `<linux/if.h>`: an interface name with its NUL.
+pub(super) const IFNAMSIZ: usize = 16;
 /// Registers hold 16 32-bit units (64 bytes) in all.
 pub(super) const REG32_UNITS: u32 = 16;
 
@@ -139,6 +141,23 @@ impl RuleBuilder<'_> {
                         *b &= m;
                     }
                     self.bitwise(mask, vec![0; bytes.len()])?;
+                }
+                let op = match op {
+                    CmpOp::Eq => NlCmpOp::Eq,
+                    CmpOp::Neq => NlCmpOp::Neq,
+                };
+                self.push(Cmp::new(op, bytes));
+            }
+            Expr::Iifname { op, name, prefix } => {
+                if name.is_empty() || name.len() >= IFNAMSIZ {
+                    return Err(self.err(format!("invalid interface name {name:?}")));
+                }
+                self.push(Meta::new(MetaType::IifName));
+                // As nft writes it: a whole name is compared with its NUL padding to
+                // IFNAMSIZ; a `*` wildcard compares only the prefix's bytes.
+                let mut bytes = name.as_bytes().to_vec();
+                if !prefix {
+                    bytes.resize(IFNAMSIZ, 0);
                 }
                 let op = match op {
                     CmpOp::Eq => NlCmpOp::Eq,
