@@ -1396,6 +1396,14 @@ fn metrics_health_and_health_check_node_ports() {
         SYNC,
         || matches!(http_get(node, "127.0.0.1:32100", "/"), Ok((503, _))),
     );
+    // That sync deleted elements: the kernel acknowledged it an RCU grace period after it
+    // took effect (NEWGEN), and the agent reports the gap.
+    wait_for("a commit-vs-ack delay after a partial sync", SYNC, || {
+        let (_, m) = http_get(node, "127.0.0.1:10249", "/metrics").unwrap();
+        let d = sample(&m, "kube_nftproxy_commit_ack_delay_seconds");
+        eprintln!("kube_nftproxy_commit_ack_delay_seconds {d:?}");
+        d.is_some_and(|d| d > 0.0 && d < 1.0)
+    });
     s.api.delete("Service", "default", "local");
     wait_for("healthCheckNodePort closed with the Service", SYNC, || {
         http_get(node, "127.0.0.1:32100", "/").is_err()

@@ -79,6 +79,13 @@ impl Observe {
         }
     }
 
+    /// How long the kernel took to acknowledge the last transaction after it took effect.
+    pub fn commit_acked(&self, delay: Duration) {
+        if let Some(m) = &self.metrics {
+            m.set_commit_ack_delay(delay);
+        }
+    }
+
     /// The size of what the kernel now holds: set and map elements across our tables.
     pub fn programmed(&self, ruleset: &crate::ruleset::ir::Ruleset) {
         if let Some(m) = &self.metrics {

@@ -30,6 +30,12 @@ pub trait Sink: Send {
     fn intact(&mut self, _applied: &Ruleset) -> bool {
         true
     }
+
+    /// For the last successful apply, the time from the moment it took effect (the
+    /// kernel's NEWGEN notification) to its acknowledgement, when the sink measured it.
+    fn commit_ack_delay(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for Box<S> {
@@ -43,6 +49,10 @@ impl<S: Sink + ?Sized> Sink for Box<S> {
 
     fn intact(&mut self, applied: &Ruleset) -> bool {
         (**self).intact(applied)
+    }
+
+    fn commit_ack_delay(&self) -> Option<Duration> {
+        (**self).commit_ack_delay()
     }
 }
 
@@ -235,6 +245,11 @@ pub async fn run<S, F>(
         };
         match result {
             Ok(()) => {
+                if !tx.is_empty() {
+                    if let Some(d) = sink.commit_ack_delay() {
+                        observe.commit_acked(d);
+                    }
+                }
                 match &update.changed {
                     Some((before, after)) => sink.after_apply(Some(before), after),
                     // After a full sync the sink checks conntrack against every Service,

@@ -1,7 +1,10 @@
 //! The agent's kernel sink: what a sync does to the kernel of the agent's network namespace.
 
+use std::time::{Duration, Instant};
+
 use crate::model::Model;
 use crate::nft::generation::generation;
+use crate::nft::monitor::Commits;
 use crate::nft::netlink;
 use crate::ruleset::ir::Ruleset;
 use crate::ruleset::tx::{Op, Transaction};
@@ -13,6 +16,8 @@ pub struct KernelSink {
     /// The nftables generation once our last transaction (or our last full check) was
     /// done: while the kernel still reports it, nothing changed our tables.
     generation: Option<u32>,
+    /// For the last transaction, NEWGEN to acknowledgement (partial syncs only).
+    commit_ack_delay: Option<Duration>,
 }
 
 impl super::reconcile::Sink for KernelSink {
@@ -24,9 +29,24 @@ impl super::reconcile::Sink for KernelSink {
             Vec::new()
         };
         let decls = netlink::SetDecls::from_ruleset(desired);
+        // The commit notification is listened for around partial syncs only: while a
+        // listener exists the kernel builds a notification for every object a transaction
+        // touches, which a full sync of 10,000 Services would pay for.
+        let full = tx.ops.iter().any(|o| matches!(o, Op::AddTable { .. }));
+        let commits = if full { None } else { Commits::listen().ok() };
+        let sent = Instant::now();
         let done = netlink::apply_with(tx, &extra, &decls, Some(desired))
             .map(|_| ())
             .map_err(|e| e.to_string());
+        let acked = Instant::now();
+        self.commit_ack_delay = match (&done, commits) {
+            // NEWGEN is queued before the acknowledgement; the wait only covers the
+            // listener thread catching up.
+            (Ok(()), Some(c)) => c
+                .first_since(sent, Duration::from_millis(20))
+                .map(|effective| acked.saturating_duration_since(effective)),
+            _ => None,
+        };
         self.generation = done.as_ref().ok().and_then(|_| generation().ok());
         done
     }
@@ -68,6 +88,10 @@ impl super::reconcile::Sink for KernelSink {
         // Someone else's commit: ours are intact; no need to read them again until the next.
         self.generation = now;
         true
+    }
+
+    fn commit_ack_delay(&self) -> Option<Duration> {
+        self.commit_ack_delay
     }
 
     fn after_apply(&mut self, old: Option<&Model>, new: &Model) {
