@@ -1383,18 +1383,30 @@ fn metrics_health_and_health_check_node_ports() {
     svc["spec"]["externalTrafficPolicy"] = json!("Local");
     svc["spec"]["healthCheckNodePort"] = json!(32100);
     svc["spec"]["ports"][0]["nodePort"] = json!(30100);
+    // A second address that is not a nodeport address (the default is the node's primary
+    // IP): upstream listens on the nodeport addresses only, so it must not answer.
+    node.ip("addr add 192.168.0.20/24 dev eth0");
     s.api.apply(&svc);
     s.api.apply(&slice("local", "TCP", 8080, &[POD_A]));
+    let hc = format!("{NODE_IP}:32100");
     wait_for(
         "healthCheckNodePort 200 with one local endpoint",
         SYNC,
-        || matches!(http_get(node, "127.0.0.1:32100", "/"), Ok((200, b)) if b.contains("\"localEndpoints\": 1")),
+        || matches!(http_get(node, &hc, "/"), Ok((200, b)) if b.contains("\"localEndpoints\": 1")),
     );
+    for other in ["192.168.0.20:32100", "127.0.0.1:32100"] {
+        let r = http_get(node, other, "/");
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused),
+            "{other} is not a nodeport address: {r:?}"
+        );
+    }
     s.api.apply(&slice("local", "TCP", 8080, &[]));
     wait_for(
         "healthCheckNodePort 503 without local endpoints",
         SYNC,
-        || matches!(http_get(node, "127.0.0.1:32100", "/"), Ok((503, _))),
+        || matches!(http_get(node, &hc, "/"), Ok((503, _))),
     );
     // That sync deleted elements: the kernel acknowledged it an RCU grace period after it
     // took effect (NEWGEN), and the agent reports the gap.
@@ -1406,7 +1418,7 @@ fn metrics_health_and_health_check_node_ports() {
     });
     s.api.delete("Service", "default", "local");
     wait_for("healthCheckNodePort closed with the Service", SYNC, || {
-        http_get(node, "127.0.0.1:32100", "/").is_err()
+        http_get(node, &hc, "/").is_err()
     });
 
     // The kernel refuses every batch: another program owns our table (deleted behind the

@@ -192,6 +192,7 @@ impl Observe {
             }
         }
         if let Some(s) = &self.service_health {
+            s.set_node_ips(health_check_addresses(model)).await;
             for e in s.sync_services(&ports).await {
                 tracing::error!(error = %e, "cannot serve a healthCheckNodePort");
             }
@@ -206,6 +207,21 @@ fn kind(full: bool) -> SyncKind {
     } else {
         SyncKind::Partial
     }
+}
+
+/// Where healthCheckNodePorts listen, as upstream's `newServiceHealthServer`: every address
+/// (`None`) when the nodeport addresses match all of a family (`0.0.0.0/0`, `::/0`), else
+/// the node IPs they select (nftables mode's default: the node's primary IPs). Empty until
+/// those are known.
+pub fn health_check_addresses(model: &Model) -> Option<Vec<std::net::IpAddr>> {
+    let mut ips = Vec::new();
+    for f in &model.families {
+        match crate::model::nodeport_ips(model, *f) {
+            crate::model::NodePortIps::AllLocal => return None,
+            crate::model::NodePortIps::List(l) => ips.extend(l),
+        }
+    }
+    Some(ips)
 }
 
 /// The healthCheckNodePort of every `externalTrafficPolicy: Local` Service, and how many
@@ -233,4 +249,47 @@ pub fn health_check_ports(
     }
     let counts = local.into_iter().map(|(k, v)| (k, v.len())).collect();
     (ports, counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodePortAddresses, Options};
+    use crate::objects::input::ClusterObjects;
+
+    /// Upstream's `newServiceHealthServer`: all addresses only when the nodeport addresses
+    /// match all; otherwise the node IPs they select, the primary IP by default.
+    #[test]
+    fn health_check_ports_listen_on_the_nodeport_addresses() {
+        let model = |np: NodePortAddresses| {
+            let opts = Options {
+                hostname: "node-a".into(),
+                node_ips: vec![
+                    "192.168.0.10".parse().unwrap(),
+                    "192.168.0.11".parse().unwrap(),
+                ],
+                host_addresses: vec!["192.168.0.10".parse().unwrap(), "10.0.0.5".parse().unwrap()],
+                nodeport_addresses: np,
+                ..Options::default()
+            };
+            crate::model::globals(&ClusterObjects::default(), &opts, &mut Vec::new())
+        };
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            health_check_addresses(&model(NodePortAddresses::Primary)),
+            Some(vec![ip("192.168.0.10")])
+        );
+        assert_eq!(
+            health_check_addresses(&model(NodePortAddresses::Cidrs(vec!["10.0.0.0/8"
+                .parse()
+                .unwrap()]))),
+            Some(vec![ip("10.0.0.5")])
+        );
+        assert_eq!(
+            health_check_addresses(&model(NodePortAddresses::Cidrs(vec!["0.0.0.0/0"
+                .parse()
+                .unwrap()]))),
+            None
+        );
+    }
 }

@@ -88,7 +88,8 @@ struct Instance {
 /// The healthCheckNodePort servers of this node.
 #[derive(Debug)]
 pub struct ServiceHealthServer {
-    node_ips: Vec<IpAddr>,
+    /// Where the listeners are; `None` is every address.
+    node_ips: Mutex<Option<Vec<IpAddr>>>,
     proxy: Arc<ProxyHealth>,
     metrics: Option<Arc<Metrics>>,
     /// Serializes `sync_services` calls.
@@ -113,16 +114,37 @@ impl ServiceHealthServer {
         proxy: Arc<ProxyHealth>,
         metrics: Option<Arc<Metrics>>,
     ) -> ServiceHealthServer {
-        let mut node_ips = node_ips;
-        node_ips.sort();
-        node_ips.dedup();
         ServiceHealthServer {
-            node_ips,
+            node_ips: Mutex::new(listen_set(Some(node_ips).filter(|v| !v.is_empty()))),
             proxy,
             metrics,
             syncing: tokio::sync::Mutex::new(()),
             instances: Mutex::new(HashMap::new()),
             endpoints: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Moves the listeners to `node_ips` (`None`: every address; an empty list: nowhere,
+    /// e.g. before the Node's IPs are known). When the set changes, every open port is
+    /// closed; the next [`ServiceHealthServer::sync_services`] opens them on the new
+    /// addresses.
+    pub async fn set_node_ips(&self, node_ips: Option<Vec<IpAddr>>) {
+        let _syncing = self.syncing.lock().await;
+        let want = listen_set(node_ips);
+        let closing: Vec<(NamespacedName, Instance)> = {
+            let mut current = locked(&self.node_ips);
+            if *current == want {
+                return;
+            }
+            tracing::info!(addresses = ?want, "healthCheckNodePorts move to these addresses (none: all)");
+            *current = want;
+            locked(&self.endpoints).clear();
+            locked(&self.instances).drain().collect()
+        };
+        for (_, instance) in closing {
+            for server in instance.servers {
+                server.shutdown().await;
+            }
         }
     }
 
@@ -190,13 +212,9 @@ impl ServiceHealthServer {
 
     /// Opens `port` on every listening address, or none.
     fn open(&self, name: &NamespacedName, port: u16) -> Result<Vec<HttpServer>, BindError> {
-        let addrs: Vec<SocketAddr> = if self.node_ips.is_empty() {
-            vec![SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)]
-        } else {
-            self.node_ips
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, port))
-                .collect()
+        let addrs: Vec<SocketAddr> = match &*locked(&self.node_ips) {
+            None => vec![SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)],
+            Some(ips) => ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
         };
         let mut servers = Vec::with_capacity(addrs.len());
         for addr in addrs {
@@ -252,6 +270,14 @@ impl ServiceHealthServer {
     pub async fn shutdown(&self) {
         self.sync_services(&HashMap::new()).await;
     }
+}
+
+fn listen_set(node_ips: Option<Vec<IpAddr>>) -> Option<Vec<IpAddr>> {
+    node_ips.map(|mut v| {
+        v.sort();
+        v.dedup();
+        v
+    })
 }
 
 /// The request handler of one Service's listeners.

@@ -184,6 +184,8 @@ async fn start_servers(
             Err(e) => tracing::error!(%addr, error = %e, "cannot serve health checks"),
         }
     }
+    // Every address until a sync tells the nodeport addresses (`Observe::services`); no
+    // port is open before that.
     observe.service_health = Some(Arc::new(ServiceHealthServer::new(
         Vec::new(),
         health.clone(),
