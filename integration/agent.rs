@@ -1525,6 +1525,86 @@ fn nodeports_follow_the_host_addresses_in_the_cidrs() {
 }
 
 // ---------------------------------------------------------------------------
+// clientConnection.qps / burst
+// ---------------------------------------------------------------------------
+
+/// With `--kube-api-qps=1 --kube-api-burst=1` the API server sees at most one request (not
+/// counting watches, which client-go does not limit) per second after the first: five
+/// skipped Services make five Events that leave a second apart, not at once.
+#[test]
+fn kube_api_qps_and_burst_limit_the_requests() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    let started = Instant::now();
+    let mut agent = Agent::start(
+        "qps",
+        node,
+        &s.api,
+        &["--kube-api-qps=1", "--kube-api-burst=1"],
+    );
+    agent.wait_syncs(1, Duration::from_secs(30));
+    for i in 0..5 {
+        s.api.apply(&service(
+            &format!("broken{i}"),
+            &format!("10.96.0.99{i}"),
+            "TCP",
+            80,
+            8080,
+        ));
+    }
+    wait_for(
+        "five ServiceSkipped Events",
+        Duration::from_secs(30),
+        || {
+            (s.api.objects("events.k8s.io/events").iter())
+                .filter(|e| e["reason"] == "ServiceSkipped")
+                .count()
+                == 5
+        },
+    );
+    let limited: Vec<(f64, String)> = (s.api.request_log_timed().into_iter())
+        .filter(|(at, r)| *at >= started && !r.contains("watch=true") && !r.contains("watch=1"))
+        .map(|(at, r)| ((at - started).as_secs_f64(), r))
+        .collect();
+    let posts = limited
+        .iter()
+        .filter(|(_, r)| r.starts_with("POST") && r.contains("events"))
+        .count();
+    assert!(posts >= 5, "{limited:#?}");
+    // A token bucket of rate 1 and burst 1: any k+1 consecutive requests span at least
+    // k seconds (less a little for the network and timer rounding).
+    for (i, (ti, _)) in limited.iter().enumerate() {
+        for (j, (tj, _)) in limited.iter().enumerate().skip(i + 1) {
+            let k = (j - i) as f64;
+            assert!(
+                tj - ti >= k - 0.25,
+                "requests {i} and {j} are {:.3} s apart, under {k} s:\n{limited:#?}",
+                tj - ti
+            );
+        }
+    }
+    // Counted per second: never more than two (one on each edge of a window).
+    let last = limited.last().map_or(0.0, |(t, _)| *t);
+    let mut w = 0.0;
+    while w <= last {
+        let n = limited
+            .iter()
+            .filter(|(t, _)| *t >= w && *t < w + 1.0)
+            .count();
+        assert!(n <= 2, "{n} requests in [{w}, {w}+1) s:\n{limited:#?}");
+        w += 0.25;
+    }
+    eprintln!(
+        "{} rate-limited requests over {:.2} s (qps 1, burst 1)",
+        limited.len(),
+        last - limited.first().map_or(0.0, |(t, _)| *t)
+    );
+}
+
+// ---------------------------------------------------------------------------
 // started as the DaemonSet starts it
 // ---------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -204,6 +204,8 @@ struct State {
     open_watches: usize,
     counters: HashMap<(Verb, String), u64>,
     log: Vec<String>,
+    /// When each `log` entry arrived.
+    log_at: Vec<Instant>,
 }
 
 struct Shared {
@@ -296,6 +298,7 @@ impl FakeApi {
                 open_watches: 0,
                 counters: HashMap::new(),
                 log: Vec::new(),
+                log_at: Vec::new(),
             }),
             signal,
             port,
@@ -571,6 +574,16 @@ impl FakeApi {
     pub fn request_log(&self) -> Vec<String> {
         self.shared.lock().log.clone()
     }
+
+    /// `request_log` with the moment each request arrived.
+    pub fn request_log_timed(&self) -> Vec<(Instant, String)> {
+        let st = self.shared.lock();
+        st.log_at
+            .iter()
+            .copied()
+            .zip(st.log.iter().cloned())
+            .collect()
+    }
 }
 
 impl Drop for FakeApi {
@@ -740,6 +753,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let delay = {
         let mut st = shared.lock();
         st.log.push(format!("{method} {}", req.uri()));
+        st.log_at.push(Instant::now());
         st.delay
     };
     if !delay.is_zero() {

@@ -9,6 +9,7 @@
 //!   [`health::serve_health`].
 //! - [`service_health`]: [`service_health::ServiceHealthServer`], one listener per
 //!   `externalTrafficPolicy: Local` Service's `healthCheckNodePort`.
+//! - [`ratelimit`]: the API client's `qps` / `burst` token bucket, a tower layer.
 
 pub mod addresses;
 pub mod conntrack;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod node;
 pub mod observe;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod service_health;
 pub mod sink;

@@ -16,6 +16,7 @@ use crate::agent::metrics::{serve_metrics, Metrics};
 use crate::agent::migrate;
 use crate::agent::node;
 use crate::agent::observe::Observe;
+use crate::agent::ratelimit::{RateLimitLayer, TokenBucket};
 use crate::agent::reconcile::{self, DryRun, Timing};
 use crate::agent::service_health::ServiceHealthServer;
 use crate::agent::sink::KernelSink;
@@ -147,7 +148,19 @@ async fn client(settings: &ClientSettings) -> Result<(kube::Client, String)> {
     }
     tracing::info!(server = %config.cluster_url, "API server");
     let url = config.cluster_url.to_string();
-    Ok((kube::Client::try_from(config)?, url))
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    let client = match TokenBucket::new(settings.qps, settings.burst) {
+        // The limiter defers a request's call until its token is due, so it needs a
+        // clonable stack below it: a buffer (kube's own sits above, in Client).
+        Some(bucket) => builder
+            .with_layer(&tower::buffer::BufferLayer::<
+                http::Request<kube::client::Body>,
+            >::new(1024))
+            .with_layer(&RateLimitLayer::new(bucket))
+            .build(),
+        None => builder.build(),
+    };
+    Ok((client, url))
 }
 
 /// Where the agent's HTTP servers listen; `None` is disabled.

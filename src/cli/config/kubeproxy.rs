@@ -610,6 +610,14 @@ pub(super) fn resolve_kube(
         })?,
         (None, None) => 0,
     };
+    if burst < 0 {
+        // As upstream's ValidateClientConnectionConfiguration.
+        let setting = match f.kube_api_burst {
+            Some(_) => "--kube-api-burst".to_string(),
+            None => field("clientConnection.burst"),
+        };
+        return Err(invalid(setting, &burst.to_string(), "must be non-negative"));
+    }
     if let Some(ct) = f.kube_api_content_type.as_deref().filter(|s| !s.is_empty()) {
         warnings.push(format!(
             "flag --kube-api-content-type={ct} is not applicable: the API client always speaks \
