@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use kube_nftproxy::model::options::{NodePortAddresses, Options};
+use kube_nftproxy::model::options::{LocalDetect, NodePortAddresses, Options};
 use kube_nftproxy::nft::{parse, text};
 use kube_nftproxy::ruleset::ir::{
     ElementData, Expr, Family, KeyType, MapData, Ruleset, Table, Value as IrValue, Verdict,
@@ -608,6 +608,12 @@ fn options() -> impl Strategy<Value = Options> {
         cidrs(),
         any::<bool>(),
         0u8..=31,
+        prop_oneof![
+            Just(LocalDetect::ClusterCidr),
+            Just(LocalDetect::NodeCidr),
+            Just(LocalDetect::InterfaceNamePrefix("veth".into())),
+            Just(LocalDetect::BridgeInterface("cni0".into())),
+        ],
     )
         .prop_map(
             |(
@@ -618,6 +624,7 @@ fn options() -> impl Strategy<Value = Options> {
                 service_cidrs,
                 masquerade_all,
                 masquerade_bit,
+                detect_local,
             )| Options {
                 hostname: host.to_string(),
                 node_ips,
@@ -627,6 +634,7 @@ fn options() -> impl Strategy<Value = Options> {
                 service_cidrs,
                 masquerade_all,
                 masquerade_bit,
+                detect_local,
             },
         )
 }

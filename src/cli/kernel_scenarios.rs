@@ -235,28 +235,32 @@ fn live_tables_trace_as_the_rendered_ruleset() {
                     else {
                         continue;
                     };
-                    let q = Query {
-                        packet: Packet {
-                            proto: *p,
-                            saddr: src,
-                            sport: 40000,
-                            daddr: *a,
-                            dport: *n,
-                        },
-                        origin: Origin::Pod,
-                        local_addrs: vec![],
-                        in_interface: None,
-                    };
-                    flows += 1;
-                    let (want, got) = (eval::trace(&rs, &q), eval::trace(&live, &q));
-                    match (want, got) {
-                        (Ok(w), Ok(g)) if w.outcomes() == g.outcomes() => {}
-                        (w, g) => failures.push(format!(
-                            "{scenario}: {a} {} {n}: rendered {:?}, live {:?}",
-                            p.name(),
-                            w.map(|t| t.outcomes()),
-                            g.map(|t| t.outcomes())
-                        )),
+                    // Both sides of the detectLocalMode interface scenarios' iifname
+                    // rules (a bridge, a veth); the others do not look at it.
+                    for iif in ["cni0", "veth7"] {
+                        let q = Query {
+                            packet: Packet {
+                                proto: *p,
+                                saddr: src,
+                                sport: 40000,
+                                daddr: *a,
+                                dport: *n,
+                            },
+                            origin: Origin::Pod,
+                            local_addrs: vec![],
+                            in_interface: Some(iif.into()),
+                        };
+                        flows += 1;
+                        let (want, got) = (eval::trace(&rs, &q), eval::trace(&live, &q));
+                        match (want, got) {
+                            (Ok(w), Ok(g)) if w.outcomes() == g.outcomes() => {}
+                            (w, g) => failures.push(format!(
+                                "{scenario}: {a} {} {n} on {iif}: rendered {:?}, live {:?}",
+                                p.name(),
+                                w.map(|t| t.outcomes()),
+                                g.map(|t| t.outcomes())
+                            )),
+                        }
                     }
                 }
             }
