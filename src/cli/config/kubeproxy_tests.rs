@@ -528,6 +528,15 @@ fn out_of_range_values_name_the_setting() {
         msg.contains("detectLocalMode") && msg.contains("15 bytes"),
         "{msg}"
     );
+    let msg = resolve_all(&flags(&["--kube-api-burst=-1"]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("--kube-api-burst") && msg.contains("non-negative"),
+        "{msg}"
+    );
+    let msg = file_err("burst", "clientConnection:\n  burst: -3\n");
+    assert!(msg.contains("clientConnection.burst"), "{msg}");
     let msg = file_err("fmt", "logging:\n  format: xml\n");
     assert!(msg.contains("logging.format"), "{msg}");
     let msg = resolve_all(&flags(&["--healthz-bind-address=nowhere"]))
