@@ -779,6 +779,64 @@ fn hairpin_is_masqueraded() {
     assert_eq!(peers(&got), BTreeSet::from(["10.244.0.42".to_string()]));
 }
 
+/// `detectLocalMode` InterfaceNamePrefix / BridgeInterface on real packets: a pod's
+/// ClusterIP traffic keeps its source when it arrives on an interface the mode calls a pod's
+/// (`iifname "vp*"`, or the pod's own veth by name), and is masqueraded otherwise, whatever
+/// its address says (it is inside --cluster-cidr throughout).
+#[test]
+fn detect_local_interface_modes_decide_masquerade() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let server = c.add_pod("s", "10.244.0.61");
+    server.spawn_tcp_server("10.244.0.61", 8080).unwrap();
+    let client = c.add_pod("p", "10.244.0.62");
+    let veth = c.pod("p").host_veth.clone();
+    assert!(veth.starts_with("vp"), "{veth}");
+    let yaml = nodes_yaml() + &http_service("web", "10.96.0.61", &[("10.244.0.61", NODE_A)], &[]);
+    let bridge = format!("--pod-bridge-interface={veth}");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--detect-local-mode=InterfaceNamePrefix",
+                "--pod-interface-name-prefix=vp",
+            ],
+            "10.244.0.62",
+        ),
+        (
+            &[
+                "--detect-local-mode=InterfaceNamePrefix",
+                "--pod-interface-name-prefix=cali",
+            ],
+            masq_source(NodeId::Node),
+        ),
+        (
+            &["--detect-local-mode=BridgeInterface", &bridge],
+            "10.244.0.62",
+        ),
+        (
+            &[
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=cni0",
+            ],
+            masq_source(NodeId::Node),
+        ),
+    ];
+    for (args, source) in cases {
+        program(c.node(), &yaml, args);
+        let got = ids(
+            &client.tcp_requests("10.96.0.61", 80, 4, TIMEOUT),
+            "pod to ClusterIP",
+        );
+        assert_eq!(
+            peers(&got),
+            BTreeSet::from([source.to_string()]),
+            "with {args:?} the endpoint should see {source}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 5. NodePort, externalTrafficPolicy
 // ---------------------------------------------------------------------------
