@@ -1525,6 +1525,51 @@ fn nodeports_follow_the_host_addresses_in_the_cidrs() {
 }
 
 // ---------------------------------------------------------------------------
+// detectLocalMode NodeCIDR
+// ---------------------------------------------------------------------------
+
+/// As upstream: with NodeCIDR the agent programs nothing until its Node has podCIDRs, then
+/// tells pod traffic by them (not by --cluster-cidr), and follows a change.
+#[test]
+fn node_cidr_mode_waits_for_the_pod_cidrs_and_uses_them() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    let mut bare = node_a();
+    bare["spec"] = json!({});
+    s.api.apply(&bare);
+    apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
+    let mut agent = Agent::start("nodecidr", node, &s.api, &["--detect-local-mode=NodeCIDR"]);
+    std::thread::sleep(Duration::from_secs(2));
+    agent.assert_running();
+    assert!(!has_table(node), "programmed before the Node had podCIDRs");
+    assert!(agent.syncs().is_empty());
+
+    s.api.apply(&node_a());
+    wait_for("the first sync once podCIDRs are set", SYNC, || {
+        has_table(node)
+    });
+    wait_for("the masquerade rule by the node's pod CIDR", SYNC, || {
+        listing(node).contains(&format!("ip saddr != {POD_CIDR} meta mark set"))
+    });
+    assert!(
+        !listing(node).contains("10.244.0.0/16"),
+        "{}",
+        listing(node)
+    );
+    wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
+
+    let mut moved = node_a();
+    moved["spec"] = json!({"podCIDR": "10.244.7.0/24", "podCIDRs": ["10.244.7.0/24"]});
+    s.api.apply(&moved);
+    wait_for("the rule follows the new podCIDR", SYNC, || {
+        listing(node).contains("ip saddr != 10.244.7.0/24 meta mark set")
+    });
+}
+
+// ---------------------------------------------------------------------------
 // clientConnection.qps / burst
 // ---------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ use crate::agent::service_health::ServiceHealthServer;
 use crate::agent::sink::KernelSink;
 use crate::agent::watch::{self, Changes, EndpointsApi};
 use crate::agent::HttpServer;
-use crate::model::Options;
+use crate::model::{LocalDetect, Options};
 use crate::vocab::Family;
 
 /// The agent is long-running and its few threads take turns building and freeing large
@@ -236,6 +236,37 @@ async fn wait_for_api_server(client: &kube::Client, server: &str) {
     }
 }
 
+/// As upstream's `platformSetup` with `detectLocalMode: NodeCIDR` (`waitForPodCIDR`):
+/// nothing is programmed until this Node has `spec.podCIDRs`, and after five minutes
+/// without them the agent exits with an error. Later changes are followed at each sync
+/// (upstream restarts instead).
+async fn wait_for_pod_cidrs(stores: &watch::Stores, node: &str) -> Result<()> {
+    const TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    tracing::info!(
+        hostname = node,
+        "watching for node, awaiting podCIDR allocation"
+    );
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let nodes = stores.nodes.state();
+        let this = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(node));
+        if let Some(n) = this.filter(|n| !n.pod_cidrs.is_empty()) {
+            tracing::info!(pod_cidrs = ?n.pod_cidrs, "node info");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "timeout waiting for PodCIDR allocation to configure detect-local-mode NodeCIDR \
+                 (Node {node} has no spec.podCIDRs after {} s)",
+                TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// SIGTERM or SIGINT: stop watching and exit, leaving the rules in place as kube-proxy does.
 async fn shutdown_signal() {
     let term = async {
@@ -296,6 +327,9 @@ async fn agent(
     }
     observe.node_name = opts.hostname.clone();
     let stores = watch::start(&client, &opts.hostname, endpoints_api, changes.clone()).await;
+    if opts.detect_local == LocalDetect::NodeCidr {
+        wait_for_pod_cidrs(&stores, &opts.hostname).await?;
+    }
     let log_sync = |r: &reconcile::SyncReport| {
         if let Some(max) = r.latencies.iter().max() {
             tracing::debug!(
