@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use kube_nftproxy::model::{self, Options};
+use kube_nftproxy::model::{self, LocalDetect, Options};
 use kube_nftproxy::ruleset::eval::{self, Fate, Origin, Packet, Query};
 use kube_nftproxy::ruleset::{self, render};
 use kube_nftproxy::vocab::Proto;
@@ -148,9 +148,20 @@ fn flow(
 }
 
 fn check(yaml: &str, flows: &[Flow]) -> Vec<String> {
+    check_with(yaml, flows, LocalDetect::ClusterCidr, None)
+}
+
+/// `check` with a `detectLocalMode` and the interface the flows arrive on.
+fn check_with(
+    yaml: &str,
+    flows: &[Flow],
+    detect_local: LocalDetect,
+    in_interface: Option<&str>,
+) -> Vec<String> {
     let opts = Options {
         hostname: NODE_A.into(),
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        detect_local,
         ..Options::default()
     };
     let mut notes = Vec::new();
@@ -169,7 +180,7 @@ fn check(yaml: &str, flows: &[Flow]) -> Vec<String> {
             },
             origin: f.origin,
             local_addrs: m.node_ips.clone(),
-            in_interface: None,
+            in_interface: in_interface.map(String::from),
         };
         let t = match eval::trace(&rs, &q) {
             Ok(t) => t,
@@ -749,6 +760,31 @@ fn trace_predicts_every_kernel_flow() {
             Served(&["10.244.0.121:8080"], false),
         )],
     ));
+
+    // 12. detect_local_interface_modes_decide_masquerade: the pod's veth is vp<N>.
+    let t = "detect_local_interface_modes_decide_masquerade";
+    let yaml = nodes_yaml() + &http_service("web", "10.96.0.61", &[("10.244.0.61", NODE_A)], &[]);
+    for (detect, masqueraded) in [
+        (LocalDetect::InterfaceNamePrefix("vp".into()), false),
+        (LocalDetect::InterfaceNamePrefix("cali".into()), true),
+        (LocalDetect::BridgeInterface("vp1".into()), false),
+        (LocalDetect::BridgeInterface("cni0".into()), true),
+    ] {
+        failures.extend(check_with(
+            &yaml,
+            &[flow(
+                t,
+                "pod to ClusterIP",
+                Pod,
+                "10.244.0.62",
+                "10.96.0.61",
+                80,
+                Served(&["10.244.0.61:8080"], masqueraded),
+            )],
+            detect,
+            Some("vp1"),
+        ));
+    }
 
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
