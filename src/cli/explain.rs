@@ -19,7 +19,7 @@ pub struct ExplainArgs {
     pub args: RenderArgs,
     /// The Service, as NAMESPACE/NAME.
     pub service: String,
-    /// Show the rules of this node's kernel (`nft list table`) instead of the rendered
+    /// Show the rules of this node's kernel (read over netlink) instead of the rendered
     /// ones; FILEs still give the Service and its endpoints.
     #[arg(long)]
     pub live: bool,
