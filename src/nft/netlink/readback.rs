@@ -360,6 +360,9 @@ enum Atom {
     /// `reject` with an ICMP code.
     RejectIcmp(u8),
     MasqueradeFullyRandom,
+    /// `counter` (its packet and byte counts are the kernel's, not the rule's). No IR
+    /// expression is one yet, so no shape takes it and a rule with one is refused.
+    Counter,
     /// Anything else, described for the error.
     Other(String),
 }
@@ -548,6 +551,7 @@ fn atom(f: Family, e: &RawExpression) -> Atom {
             (Some(RejectType::IcmpUnreach), Some(&c)) => Some(Atom::RejectIcmp(c)),
             _ => None,
         },
+        ExpressionVariant::Counter(_) => Some(Atom::Counter),
         ExpressionVariant::Masquerade(m) => {
             let plain = m.get_proto_min().is_none() && m.get_proto_max().is_none();
             (plain && m.get_flags() == Some(&NF_NAT_RANGE_PROTO_RANDOM_FULLY))
@@ -888,7 +892,7 @@ mod tests {
         let err = decode_rule(Family::V4, &[&l4, &counter]).unwrap_err();
         assert!(err.starts_with("expressions 1.. are no shape"), "{err}");
         let err = decode_rule(Family::V4, &[&counter]).unwrap_err();
-        assert!(err.contains("counter"), "{err}");
+        assert!(err.contains("[Counter]"), "{err}");
         assert_eq!(decode_rule(Family::V4, &[]), Ok((vec![], None)));
     }
 }
