@@ -1014,6 +1014,42 @@ fn session_affinity_client_ip() {
         distinct.len() > 1,
         "8 different clients all landed on one endpoint (affinity must be per client): {chosen:?}"
     );
+
+    // `trace --live` with the affinity map full of the datapath's entries: those are not
+    // read back (docs/trace.md), so the live trace is the offline one, a client not seen
+    // before, spread over all three endpoints.
+    let listing = c.node().nft_list_table("ip", "kube-nftproxy");
+    assert!(
+        listing.contains("expires"),
+        "the datapath remembered clients:\n{listing}"
+    );
+    let dir = TempDir::new("affinity-trace");
+    let file = dir.write("cluster.yaml", &yaml);
+    let trace = |live: bool| {
+        let mut cmd = c.node().command(BIN);
+        cmd.args([
+            "trace",
+            "--src",
+            "10.244.0.100",
+            "--dst",
+            "10.96.0.81",
+            "--port",
+            "80",
+        ])
+        .args(["--output", "json"])
+        .args(BASE_ARGS)
+        .arg(&file);
+        if live {
+            cmd.arg("--live");
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "trace: {}", out_text(&out));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        j["outcomes"].clone()
+    };
+    let live = trace(true);
+    assert_eq!(live, trace(false));
+    assert_eq!(live.as_array().map(Vec::len), Some(3), "{live}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1522,6 +1558,17 @@ fn trace_live_runs_in_the_image_rootfs_without_nft() {
     trace(&[]);
     trace(&["/cluster.yaml"]);
     let explained = run(&["explain", "--live", "default/live", "/cluster.yaml"]);
+    let j: serde_json::Value = serde_json::from_str(&run(&[
+        "explain",
+        "--live",
+        "default/live",
+        "--output",
+        "json",
+        "/cluster.yaml",
+    ]))
+    .expect("explain JSON");
+    assert_eq!(j["source"], "live");
+    assert_eq!(j["ports"][0]["endpoints"].as_array().map(Vec::len), Some(2));
     assert!(
         explained.contains("(rules: this node's kernel)")
             && explained.contains(
