@@ -79,6 +79,20 @@ fn synced(line: &str) -> Option<(bool, f64)> {
     })
 }
 
+/// CPU time (user + system) a process used so far, from `/proc/PID/stat` (clock ticks of
+/// 10 ms).
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15: indexes 11 and 12 here.
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) * 10.0
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -133,6 +147,18 @@ fn run(name: &str, mix: &str, services: usize, endpoints: usize) {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // SCALE_PERF=FILE samples the agent's stacks until the first sync (`perf report -i FILE`).
+    let perf = std::env::var_os("SCALE_PERF").map(|f| {
+        std::process::Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-p"])
+            .arg(child.id().to_string())
+            .arg("-o")
+            .arg(f)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
     let (tx, rx) = mpsc::channel::<Synced>();
     let stderr = child.stderr.take().unwrap();
     // SCALE_LOG=FILE keeps the agent's log, to see where the time goes.
@@ -157,6 +183,14 @@ fn run(name: &str, mix: &str, services: usize, endpoints: usize) {
         .expect("the agent's first sync");
     assert!(first.full, "the first sync is a full one");
     let to_programmed = first.at - started;
+    let cpu_at_programmed = cpu_ms(child.id());
+    let _ = perf.map(|mut p| {
+        // SIGINT makes perf write its file.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    });
 
     // Every Service is there: the kernel's tables equal the render, element for element.
     let got = ns.run_in(|| {
@@ -214,7 +248,7 @@ fn run(name: &str, mix: &str, services: usize, endpoints: usize) {
         .unwrap_or(f64::NAN)
         / 1024.0;
     println!(
-        "{name:>16}: exec -> programmed {:7.0} ms (first sync {:6.0} ms); one endpoint change: \
+        "{name:>16}: exec -> programmed {:7.0} ms (agent CPU {cpu_at_programmed:6.0} ms, first sync {:6.0} ms); one endpoint change: \
          API write -> kernel commit median {:5.1} ms (max {:5.1}), -> sync logged median {:5.1} ms \
          (max {:5.1}), the sync itself median {:5.2} ms (max {:5.2}); agent peak RSS {hwm:5.0} MiB",
         ms(to_programmed),
