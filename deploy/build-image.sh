@@ -19,6 +19,9 @@
 #   IMAGE_REPOSITORY   default ghcr.io/kube-nftproxy/kube-nftproxy
 #   IMAGE_TAG          default v<version>
 #   CARGO_TARGET_DIR   honoured, as cargo does
+#   KUBE_NFTPROXY_BIN  with --rootfs-only: put this binary in the rootfs instead of building
+#                      the release one (integration/kernel.rs checks `trace --live` in a
+#                      rootfs of the debug build)
 # Push to your own registry:
 #   podman tag ghcr.io/kube-nftproxy/kube-nftproxy:v0.1.0 registry.example.com/kube-nftproxy:v0.1.0
 #   podman push registry.example.com/kube-nftproxy:v0.1.0
@@ -42,9 +45,14 @@ case "${1:-}" in
 esac
 
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
-echo "==> cargo build --release --locked --bin kube-nftproxy"
-cargo build --release --locked --bin kube-nftproxy
-bin="$target_dir/release/kube-nftproxy"
+if [ -n "$rootfs_only" ] && [ -n "${KUBE_NFTPROXY_BIN:-}" ]; then
+  bin=$KUBE_NFTPROXY_BIN
+  echo "==> using $bin (KUBE_NFTPROXY_BIN)"
+else
+  echo "==> cargo build --release --locked --bin kube-nftproxy"
+  cargo build --release --locked --bin kube-nftproxy
+  bin="$target_dir/release/kube-nftproxy"
+fi
 
 # Starts the binary inside a root filesystem: proves the libraries are all there.
 check_rootfs() {

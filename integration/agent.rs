@@ -1913,6 +1913,35 @@ fn an_undecodable_service_does_not_fail_its_list() {
 /// Tampering inside our table (a rule deleted, a chain flushed, an element deleted), not
 /// only a lost table, is found at the next verify tick and repaired by a full sync; a
 /// foreign table added meanwhile is left alone and does not cause a resync by itself.
+/// Found by the 30-minute soak: a rule deleted behind our back just before one of our own
+/// partial syncs was never repaired. The sync's commit followed the tampering one, so the
+/// generation it recorded vouched for a table it had not checked. Here the tampering is
+/// followed at once by an API change (the agent commits within milliseconds, long before
+/// its 2 s verify tick); the table must still be repaired within a few ticks.
+#[test]
+fn tampering_just_before_our_own_commit_is_repaired() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let s = setup();
+    let node = s.cluster.node();
+    apply_http_service(&s.api, "web", SVC_IP, &[POD_A]);
+    let mut agent = Agent::start("tamper2", node, &s.api, &["--verify-period=2s"]);
+    agent.wait_syncs(1, SYNC);
+    wait_converged(node, &s.api, true, SYNC);
+    let syncs = agent.syncs().len();
+    let out = node.nft(["flush", "chain", "ip", TABLE, "services"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    apply_http_service(&s.api, "other", "10.96.0.11", &[POD_A]);
+    agent.wait_syncs(syncs + 1, SYNC);
+    wait_converged(node, &s.api, true, Duration::from_secs(7));
+    wait_served_by(&s.client, SVC_IP, 80, "a", SYNC);
+}
+
 #[test]
 fn tampering_inside_our_table_is_repaired() {
     if !require_root_and_tools() {

@@ -1072,6 +1072,42 @@ fn session_affinity_client_ip() {
         distinct.len() > 1,
         "8 different clients all landed on one endpoint (affinity must be per client): {chosen:?}"
     );
+
+    // `trace --live` with the affinity map full of the datapath's entries: those are not
+    // read back (docs/trace.md), so the live trace is the offline one, a client not seen
+    // before, spread over all three endpoints.
+    let listing = c.node().nft_list_table("ip", "kube-nftproxy");
+    assert!(
+        listing.contains("expires"),
+        "the datapath remembered clients:\n{listing}"
+    );
+    let dir = TempDir::new("affinity-trace");
+    let file = dir.write("cluster.yaml", &yaml);
+    let trace = |live: bool| {
+        let mut cmd = c.node().command(BIN);
+        cmd.args([
+            "trace",
+            "--src",
+            "10.244.0.100",
+            "--dst",
+            "10.96.0.81",
+            "--port",
+            "80",
+        ])
+        .args(["--output", "json"])
+        .args(BASE_ARGS)
+        .arg(&file);
+        if live {
+            cmd.arg("--live");
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "trace: {}", out_text(&out));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        j["outcomes"].clone()
+    };
+    let live = trace(true);
+    assert_eq!(live, trace(false));
+    assert_eq!(live.as_array().map(Vec::len), Some(3), "{live}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1496,4 +1532,106 @@ fn apply_of_an_empty_input_changes_nothing_unless_allowed() {
         .nft(["list", "table", "ip", "kube-nftproxy"])
         .status
         .success());
+}
+
+/// `trace --live` and `explain --live` in the container image's root filesystem (assembled
+/// by `deploy/build-image.sh --rootfs-only` around this build's binary: the binary and the
+/// libraries `ldd` names, no `nft`, no shell), chrooted inside the node namespace: they
+/// read the tables `apply` programmed over netlink and trace them like the rendered ones.
+#[test]
+fn trace_live_runs_in_the_image_rootfs_without_nft() {
+    if !require_root_and_tools() {
+        return;
+    }
+    if Command::new("chroot").arg("--version").output().is_err() {
+        eprintln!("skipping: no chroot");
+        return;
+    }
+    let c = Cluster::new();
+    let eps = [("10.244.0.91", NODE_A), ("10.244.1.91", NODE_B)];
+    let yaml = nodes_yaml() + &http_service("live", "10.96.0.91", &eps, &[]);
+    program(c.node(), &yaml, &[]);
+
+    let dir = TempDir::new("rootfs");
+    let rootfs = dir.path().join("rootfs");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("deploy/build-image.sh"))
+        .arg("--rootfs-only")
+        .arg(&rootfs)
+        .env("KUBE_NFTPROXY_BIN", BIN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "build-image.sh: {}", out_text(&out));
+    for tool in ["usr/sbin/nft", "sbin/nft", "usr/bin/nft", "bin/sh"] {
+        assert!(!rootfs.join(tool).exists(), "the image has {tool}");
+    }
+    std::fs::write(rootfs.join("cluster.yaml"), &yaml).unwrap();
+
+    let run = |args: &[&str]| {
+        let out = c
+            .node()
+            .command("chroot")
+            .arg(&rootfs)
+            .arg("/usr/local/bin/kube-nftproxy")
+            .args(args)
+            .args(BASE_ARGS)
+            .env("RUST_LOG", "off")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", out_text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let trace = |files: &[&str]| {
+        let mut args = vec![
+            "trace",
+            "--live",
+            "--src",
+            "10.244.0.20",
+            "--dst",
+            "10.96.0.91",
+            "--port",
+            "80",
+            "--output",
+            "json",
+        ];
+        args.extend(files);
+        let j: serde_json::Value = serde_json::from_str(&run(&args)).expect("trace JSON");
+        assert_eq!(j["source"], "live");
+        let eps: BTreeSet<String> = (j["outcomes"].as_array().unwrap().iter())
+            .map(|o| {
+                assert_eq!(o["verdict"], "dnat", "{o}");
+                let d = &o["destination"];
+                format!("{}:{}", d["addr"].as_str().unwrap(), d["port"])
+            })
+            .collect();
+        assert_eq!(
+            eps,
+            BTreeSet::from(["10.244.0.91:8080".to_string(), "10.244.1.91:8080".into()]),
+            "{j}"
+        );
+    };
+    // no files: the kernel's tables alone; with files: they also name the owners
+    trace(&[]);
+    trace(&["/cluster.yaml"]);
+    let explained = run(&["explain", "--live", "default/live", "/cluster.yaml"]);
+    let j: serde_json::Value = serde_json::from_str(&run(&[
+        "explain",
+        "--live",
+        "default/live",
+        "--output",
+        "json",
+        "/cluster.yaml",
+    ]))
+    .expect("explain JSON");
+    assert_eq!(j["source"], "live");
+    assert_eq!(j["ports"][0]["endpoints"].as_array().map(Vec::len), Some(2));
+    assert!(
+        explained.contains("(rules: this node's kernel)")
+            && explained.contains(
+                "ip @service-endpoints-2: 10.96.0.91 . tcp . 80 . 1 : 10.244.1.91 . 8080"
+            ),
+        "{explained}"
+    );
 }

@@ -192,9 +192,19 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["explain", "default/zoned"],
     ),
     (
+        "topology-hints",
+        "trace-explain.json",
+        &["explain", "default/zoned", "--output", "json"],
+    ),
+    (
         "bad-input",
         "trace-explain.txt",
         &["explain", "default/big-port"],
+    ),
+    (
+        "bad-input",
+        "trace-explain.json",
+        &["explain", "default/big-port", "--output", "json"],
     ),
     (
         "etp-local",
@@ -202,9 +212,19 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["explain", "default/local-lb"],
     ),
     (
+        "etp-local",
+        "trace-explain.json",
+        &["explain", "default/local-lb", "--output", "json"],
+    ),
+    (
         "terminating",
         "trace-explain.txt",
         &["explain", "default/rolling"],
+    ),
+    (
+        "terminating",
+        "trace-explain.json",
+        &["explain", "default/rolling", "--output", "json"],
     ),
     (
         "clusterip-basic",
@@ -255,8 +275,9 @@ fn trace_explain_and_diff_match_their_golden_files() {
             continue;
         }
         if golden.ends_with(".json") {
-            let v: serde_json::Value = serde_json::from_str(&stdout).expect("trace JSON parses");
-            assert_eq!(v["schema"], "kube-nftproxy.trace/v1", "{scenario}/{golden}");
+            let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON parses");
+            let schema = format!("kube-nftproxy.{}/v1", cmd[0]);
+            assert_eq!(v["schema"], schema.as_str(), "{scenario}/{golden}");
         }
         let path = dir.join(golden);
         if update {

@@ -1390,19 +1390,27 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<(u16
             }
         }
     };
-    let objs = st.snapshot(t.idx, snap_rv).ok_or_else(|| {
-        (
-            410,
-            if after.is_some() {
-                "The provided continue parameter is too old to display a consistent list result. \
-                 You can start a new list without the continue parameter."
-                    .to_string()
-            } else {
-                format!("too old resource version: {snap_rv} ({})", st.rv)
-            },
-        )
-    })?;
-    drop(st);
+    // A list at the current resource version (every page of a list nobody writes to in
+    // the meantime) reads the store in place and copies only the page: copying the whole
+    // store per page made listing 10,000 objects in pages of 500 take seconds.
+    let past;
+    let objs = if snap_rv >= st.rv {
+        &st.stores[t.idx].objects
+    } else {
+        past = st.snapshot(t.idx, snap_rv).ok_or_else(|| {
+            (
+                410,
+                if after.is_some() {
+                    "The provided continue parameter is too old to display a consistent list result. \
+                     You can start a new list without the continue parameter."
+                        .to_string()
+                } else {
+                    format!("too old resource version: {snap_rv} ({})", st.rv)
+                },
+            )
+        })?;
+        &past
+    };
     let mut items = Vec::new();
     let mut cont = None;
     let mut matching = objs
@@ -1423,6 +1431,7 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<(u16
             break;
         }
     }
+    drop(st);
     let r = &RESOURCES[t.idx];
     let mut meta = Map::new();
     meta.insert("resourceVersion".into(), json!(snap_rv.to_string()));

@@ -34,6 +34,7 @@ impl super::reconcile::Sink for KernelSink {
         // touches, which a full sync of 10,000 Services would pay for.
         let full = tx.ops.iter().any(|o| matches!(o, Op::AddTable { .. }));
         let commits = if full { None } else { Commits::listen().ok() };
+        let before = generation().ok();
         let sent = Instant::now();
         let done = netlink::apply_with(tx, &extra, &decls, Some(desired))
             .map(|_| ())
@@ -47,7 +48,22 @@ impl super::reconcile::Sink for KernelSink {
                 .map(|effective| acked.saturating_duration_since(effective)),
             _ => None,
         };
-        self.generation = done.as_ref().ok().and_then(|_| generation().ok());
+        let after = done.as_ref().ok().and_then(|_| generation().ok());
+        // The generation after our commit vouches for our tables only if ours was the one
+        // commit since `before`, and `before` was itself known to be ours (or this
+        // transaction replaced the tables wholesale). Otherwise another program committed in
+        // between (say, deleted one of our rules just before a partial sync), and the next
+        // check reads the tables back: taking `after` as ours would hide that for good.
+        let replaced =
+            !extra.is_empty() || tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }));
+        self.generation = match (before, after) {
+            (Some(b), Some(a))
+                if a == b.wrapping_add(1) && (replaced || self.generation == Some(b)) =>
+            {
+                Some(a)
+            }
+            _ => None,
+        };
         done
     }
 

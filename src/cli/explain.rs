@@ -4,10 +4,13 @@
 
 use std::fmt::Write as _;
 
+use std::net::IpAddr;
+
 use anyhow::{bail, Result};
+use serde_json::{json, Value as Json};
 
 use super::config::RenderArgs;
-use super::trace::{self, sock, Owners};
+use super::trace::{self, sock, OutputArg, Owners};
 use crate::model::{self, categorize, Endpoint, Model, NodePortIps, ServicePort};
 use crate::nft::text;
 use crate::ruleset::ir::{Element, Family, Ruleset};
@@ -19,10 +22,13 @@ pub struct ExplainArgs {
     pub args: RenderArgs,
     /// The Service, as NAMESPACE/NAME.
     pub service: String,
-    /// Show the rules of this node's kernel (`nft list table`) instead of the rendered
+    /// Show the rules of this node's kernel (read over netlink) instead of the rendered
     /// ones; FILEs still give the Service and its endpoints.
     #[arg(long)]
     pub live: bool,
+    /// `json`: the same as one JSON document (schema in docs/trace.md).
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputArg,
     #[arg(required = true)]
     pub files: Vec<String>,
 }
@@ -44,11 +50,27 @@ fn why_not(e: &Endpoint, used: &[&Endpoint], local_only: bool) -> String {
     "not selected".into()
 }
 
-fn endpoint_lines(out: &mut String, m: &Model, sp: &ServicePort) {
-    let _ = writeln!(out, "  endpoints:");
-    if sp.endpoints.is_empty() {
-        let _ = writeln!(out, "    (none)");
-    }
+/// How one endpoint serves one kind of traffic.
+struct Usage {
+    /// `cluster`, `local` or `external-local` (JSON), with the text's wording.
+    traffic: &'static str,
+    text: &'static str,
+    used: bool,
+    why_not: Option<String>,
+}
+
+struct EndpointReport {
+    addr: IpAddr,
+    port: u16,
+    state: &'static str,
+    local: bool,
+    /// Set when this node does not proxy the endpoint's family at all.
+    wrong_family: Option<String>,
+    usage: Vec<Usage>,
+}
+
+fn endpoints(m: &Model, sp: &ServicePort) -> Vec<EndpointReport> {
+    let mut out = Vec::new();
     for e in &sp.endpoints {
         let f = Family::of(&e.ip);
         let state = if e.ready {
@@ -58,21 +80,22 @@ fn endpoint_lines(out: &mut String, m: &Model, sp: &ServicePort) {
         } else {
             "not ready"
         };
-        let mut line = format!(
-            "    {:<22} {}{}",
-            sock(e.ip, e.port),
+        let mut r = EndpointReport {
+            addr: e.ip,
+            port: e.port,
             state,
-            if e.local { ", on this node" } else { "" }
-        );
+            local: e.local,
+            wrong_family: None,
+            usage: Vec::new(),
+        };
         if !m.families.contains(&f) {
-            let _ = write!(
-                line,
-                ": not used: wrong family (this node proxies {})",
+            r.wrong_family = Some(format!(
+                "wrong family (this node proxies {})",
                 (m.families.iter().map(|f| f.k8s_name()))
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
-            let _ = writeln!(out, "{line}");
+            ));
+            out.push(r);
             continue;
         }
         let c = categorize(sp, f, m.node_zone.as_deref());
@@ -81,52 +104,113 @@ fn endpoint_lines(out: &mut String, m: &Model, sp: &ServicePort) {
         let uses_cluster = !sp.internal_policy_local || sp.externally_accessible();
         let uses_local =
             sp.internal_policy_local || (sp.external_policy_local && sp.externally_accessible());
-        let mut parts = Vec::new();
         if uses_cluster {
-            parts.push(if in_cluster {
-                "used for cluster traffic".to_string()
-            } else {
-                format!(
-                    "not used for cluster traffic: {}",
-                    why_not(e, &c.cluster, false)
-                )
+            r.usage.push(Usage {
+                traffic: "cluster",
+                text: "cluster traffic",
+                used: in_cluster,
+                why_not: (!in_cluster).then(|| why_not(e, &c.cluster, false)),
             });
         }
         if uses_local {
-            let what = if sp.internal_policy_local {
-                "local traffic"
+            let (traffic, text) = if sp.internal_policy_local {
+                ("local", "local traffic")
             } else {
-                "external traffic (Local)"
+                ("external-local", "external traffic (Local)")
             };
-            parts.push(if in_local {
-                format!("used for {what}")
-            } else {
-                format!("not used for {what}: {}", why_not(e, &c.local, true))
+            r.usage.push(Usage {
+                traffic,
+                text,
+                used: in_local,
+                why_not: (!in_local).then(|| why_not(e, &c.local, true)),
             });
         }
+        out.push(r);
+    }
+    out
+}
+
+fn endpoint_lines(out: &mut String, eps: &[EndpointReport]) {
+    let _ = writeln!(out, "  endpoints:");
+    if eps.is_empty() {
+        let _ = writeln!(out, "    (none)");
+    }
+    for e in eps {
+        let line = format!(
+            "    {:<22} {}{}",
+            sock(e.addr, e.port),
+            e.state,
+            if e.local { ", on this node" } else { "" }
+        );
+        if let Some(w) = &e.wrong_family {
+            let _ = writeln!(out, "{line}: not used: {w}");
+            continue;
+        }
+        let parts: Vec<String> = (e.usage.iter())
+            .map(|u| match &u.why_not {
+                None => format!("used for {}", u.text),
+                Some(w) => format!("not used for {}: {w}", u.text),
+            })
+            .collect();
         let _ = writeln!(out, "{line}: {}", parts.join("; "));
     }
 }
 
-fn port_lines(out: &mut String, m: &Model, sp: &ServicePort) {
+/// The addresses a NodePort is served on, for one family.
+enum NodePortOn {
+    None,
+    List(Vec<IpAddr>),
+    AllLocal,
+}
+
+struct NodePortReport {
+    family: Family,
+    on: NodePortOn,
+}
+
+fn node_ports(m: &Model, sp: &ServicePort) -> Vec<NodePortReport> {
+    if sp.node_port.is_none() {
+        return Vec::new();
+    }
+    (m.families.iter())
+        .map(|f| NodePortReport {
+            family: *f,
+            on: match model::nodeport_ips(m, *f) {
+                NodePortIps::List(ips) if ips.is_empty() => NodePortOn::None,
+                NodePortIps::List(ips) => NodePortOn::List(ips.to_vec()),
+                NodePortIps::AllLocal => NodePortOn::AllLocal,
+            },
+        })
+        .collect()
+}
+
+fn policy(local: bool) -> &'static str {
+    if local {
+        "Local"
+    } else {
+        "Cluster"
+    }
+}
+
+fn port_lines(out: &mut String, sp: &ServicePort, nps: &[NodePortReport]) {
     let proto = sp.protocol.name();
     let _ = writeln!(out, "port {} ({proto} {}):", sp.port_name, sp.port);
     for ip in &sp.cluster_ips {
         let _ = writeln!(out, "  ClusterIP        {}", sock(*ip, sp.port));
     }
     if let Some(np) = sp.node_port {
-        for f in &m.families {
-            let on = match model::nodeport_ips(m, *f) {
-                NodePortIps::List(ips) if ips.is_empty() => "no address of this node".into(),
-                NodePortIps::List(ips) => (ips.iter().map(|i| i.to_string()))
+        for n in nps {
+            let on = match &n.on {
+                NodePortOn::None => "no address of this node".into(),
+                NodePortOn::List(ips) => (ips.iter().map(|i| i.to_string()))
                     .collect::<Vec<_>>()
                     .join(", "),
-                NodePortIps::AllLocal => "every local address (loopback excluded)".into(),
+                NodePortOn::AllLocal => "every local address (loopback excluded)".into(),
             };
             let _ = writeln!(
                 out,
                 "  NodePort         {proto} {np} on {on} ({})",
-                f.k8s_name()
+                n.family.k8s_name()
             );
         }
     }
@@ -148,23 +232,29 @@ fn port_lines(out: &mut String, m: &Model, sp: &ServicePort) {
     let _ = writeln!(
         out,
         "  policies         internal {}, external {}{}",
-        if sp.internal_policy_local {
-            "Local"
-        } else {
-            "Cluster"
-        },
-        if sp.external_policy_local {
-            "Local"
-        } else {
-            "Cluster"
-        },
+        policy(sp.internal_policy_local),
+        policy(sp.external_policy_local),
         sp.affinity_timeout
             .map(|t| format!(", ClientIP session affinity ({t}s)"))
             .unwrap_or_default()
     );
 }
 
-fn implementation(out: &mut String, rs: &Ruleset, owners: &Owners, sp: &ServicePort) {
+/// A map element or a chain that implements a Service port.
+enum Part {
+    Element {
+        family: Family,
+        set: String,
+        element: Element,
+    },
+    Chain {
+        family: Family,
+        name: String,
+        rules: Vec<String>,
+    },
+}
+
+fn implementation(rs: &Ruleset, owners: &Owners, sp: &ServicePort) -> Vec<Part> {
     let id = format!("{}/{}:{}", sp.namespace, sp.name, sp.port_name);
     let base = names::base(sp);
     let chains = [
@@ -173,33 +263,127 @@ fn implementation(out: &mut String, rs: &Ruleset, owners: &Owners, sp: &ServiceP
         names::external_chain(&base),
         names::firewall_chain(&base),
     ];
-    let _ = writeln!(out, "  implemented by:");
-    let mut any = false;
+    let mut out = Vec::new();
     for t in &rs.tables {
-        let fam = text::family_name(t.family);
         for s in &t.sets {
             for (key, data) in &s.elements {
                 if owners.services_of_key(key).contains(&id) {
-                    let e = Element {
-                        key: key.clone(),
-                        data: data.clone(),
-                    };
-                    let _ = writeln!(out, "    {fam} @{}: {}", s.name, text::element_text(&e));
-                    any = true;
+                    out.push(Part::Element {
+                        family: t.family,
+                        set: s.name.clone(),
+                        element: Element {
+                            key: key.clone(),
+                            data: data.clone(),
+                        },
+                    });
                 }
             }
         }
         for c in t.chains.iter().filter(|c| chains.contains(&c.name)) {
-            let _ = writeln!(out, "    {fam} chain {}:", c.name);
-            for r in &c.rules {
-                let _ = writeln!(out, "      {}", text::rule_text(t.family, r));
-            }
-            any = true;
+            out.push(Part::Chain {
+                family: t.family,
+                name: c.name.clone(),
+                rules: (c.rules.iter())
+                    .map(|r| text::rule_text(t.family, r))
+                    .collect(),
+            });
         }
     }
-    if !any {
+    out
+}
+
+fn implementation_lines(out: &mut String, parts: &[Part]) {
+    let _ = writeln!(out, "  implemented by:");
+    for p in parts {
+        match p {
+            Part::Element {
+                family,
+                set,
+                element,
+            } => {
+                let fam = text::family_name(*family);
+                let _ = writeln!(out, "    {fam} @{set}: {}", text::element_text(element));
+            }
+            Part::Chain {
+                family,
+                name,
+                rules,
+            } => {
+                let _ = writeln!(out, "    {} chain {name}:", text::family_name(*family));
+                for r in rules {
+                    let _ = writeln!(out, "      {r}");
+                }
+            }
+        }
+    }
+    if parts.is_empty() {
         let _ = writeln!(out, "    nothing");
     }
+}
+
+fn port_json(
+    sp: &ServicePort,
+    nps: &[NodePortReport],
+    eps: &[EndpointReport],
+    parts: &[Part],
+) -> Json {
+    let addrs = |v: &[IpAddr]| -> Vec<String> { v.iter().map(|a| a.to_string()).collect() };
+    let node_port = sp.node_port.map(|np| {
+        json!({
+            "port": np,
+            "on": nps.iter().map(|n| json!({
+                "family": n.family.k8s_name(),
+                "addresses": match &n.on {
+                    NodePortOn::List(ips) => json!(addrs(ips)),
+                    NodePortOn::None => json!([]),
+                    NodePortOn::AllLocal => Json::Null,
+                },
+                "every_local_address": matches!(n.on, NodePortOn::AllLocal),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    json!({
+        "name": sp.port_name,
+        "proto": sp.protocol.name(),
+        "port": sp.port,
+        "cluster_ips": addrs(&sp.cluster_ips),
+        "node_port": node_port,
+        "external_ips": addrs(&sp.external_ips),
+        "load_balancer_ips": addrs(&sp.load_balancer_ips),
+        "load_balancer_source_ranges": (sp.load_balancer_source_ranges.iter())
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>(),
+        "health_check_node_port": sp.health_check_node_port,
+        "internal_traffic_policy": policy(sp.internal_policy_local),
+        "external_traffic_policy": policy(sp.external_policy_local),
+        "session_affinity_timeout": sp.affinity_timeout,
+        "endpoints": eps.iter().map(|e| json!({
+            "addr": e.addr.to_string(),
+            "port": e.port,
+            "state": e.state,
+            "local": e.local,
+            "not_proxied": e.wrong_family,
+            "usage": e.usage.iter().map(|u| json!({
+                "traffic": u.traffic,
+                "used": u.used,
+                "why_not": u.why_not,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "implemented_by": parts.iter().map(|p| match p {
+            Part::Element { family, set, element } => json!({
+                "kind": "element",
+                "family": text::family_name(*family),
+                "set": set,
+                "element": text::element_text(element),
+            }),
+            Part::Chain { family, name, rules } => json!({
+                "kind": "chain",
+                "family": text::family_name(*family),
+                "chain": name,
+                "rules": rules,
+            }),
+        }).collect::<Vec<_>>(),
+    })
 }
 
 pub fn run(a: &ExplainArgs) -> Result<String> {
@@ -223,6 +407,29 @@ pub fn run(a: &ExplainArgs) -> Result<String> {
     if ports.is_empty() && notes.is_empty() {
         bail!("no Service {ns}/{name} in the input");
     }
+    let owners = Owners::new(m);
+    let reports: Vec<_> = (ports.iter())
+        .map(|sp| {
+            (
+                *sp,
+                node_ports(m, sp),
+                endpoints(m, sp),
+                implementation(&rs, &owners, sp),
+            )
+        })
+        .collect();
+    if a.output == OutputArg::Json {
+        let j = json!({
+            "schema": "kube-nftproxy.explain/v1",
+            "source": if a.live { "live" } else { "files" },
+            "service": {"namespace": ns, "name": name},
+            "node": {"name": m.node_name, "zone": m.node_zone},
+            "ports": reports.iter().map(|(sp, nps, eps, parts)| port_json(sp, nps, eps, parts))
+                .collect::<Vec<_>>(),
+            "notes": notes,
+        });
+        return Ok(serde_json::to_string_pretty(&j)? + "\n");
+    }
     let mut out = format!(
         "Service {ns}/{name} as node {}{} sees it{}\n",
         m.node_name,
@@ -239,12 +446,11 @@ pub fn run(a: &ExplainArgs) -> Result<String> {
     if ports.is_empty() {
         out.push_str("no port of it is proxied\n");
     }
-    let owners = Owners::new(m);
-    for sp in ports {
+    for (sp, nps, eps, parts) in &reports {
         out.push('\n');
-        port_lines(&mut out, m, sp);
-        endpoint_lines(&mut out, m, sp);
-        implementation(&mut out, &rs, &owners, sp);
+        port_lines(&mut out, sp, nps);
+        endpoint_lines(&mut out, eps);
+        implementation_lines(&mut out, parts);
     }
     out.push_str("\nnotes:\n");
     if notes.is_empty() {

@@ -11,6 +11,9 @@ use std::io::{self, Write};
 
 use serde_json::{json, Value};
 
+/// NodePorts in kube's default range, 30000-32767.
+const NODE_PORTS: usize = 2768;
+
 pub struct Spec {
     pub services: usize,
     pub endpoints: usize,
@@ -22,7 +25,9 @@ fn ip4(base: [u8; 2], n: usize) -> String {
 }
 
 /// One `kind: List` with the node, then each Service followed by its EndpointSlice.
-/// Every tenth Service is a NodePort, so the NodePort maps are exercised too.
+/// Every tenth Service is a NodePort, so the NodePort maps are exercised too (up to the
+/// 2,768 ports of the default range: beyond 27,680 Services the rest are ClusterIPs, as two
+/// Services cannot share a NodePort).
 pub fn cluster(spec: &Spec) -> Value {
     let items: Vec<Value> = items(spec).collect();
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
@@ -44,10 +49,10 @@ fn uniform_service(spec: &Spec, i: usize) -> [Value; 2] {
     let mut next_ep = i * spec.endpoints;
     let name = format!("svc-{i}");
     let ns = format!("ns-{}", i % 100);
-    let node_port = i % 10 == 0;
+    let node_port = i % 10 == 0 && i / 10 < NODE_PORTS;
     let mut port = json!({"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080});
     if node_port {
-        port["nodePort"] = json!(30000 + (i / 10) % 2768);
+        port["nodePort"] = json!(30000 + i / 10);
     }
     let service = json!({
         "apiVersion": "v1", "kind": "Service",

@@ -15,7 +15,7 @@ use crate::model::Model;
 use crate::nft::text;
 use crate::ruleset::eval::{self, Fate, Origin, Packet, Path, Query, RuleRef, Step, Trace, Via};
 use crate::ruleset::ir::{ElementData, Family, Hook, Proto, Ruleset, Value};
-use crate::ruleset::{self, names};
+use crate::ruleset::names;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtoArg {
@@ -64,7 +64,7 @@ pub struct TraceArgs {
     pub in_interface: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputArg,
-    /// Trace the tables of this node's kernel (`nft list table`) instead of rendering
+    /// Trace the tables of this node's kernel (read over netlink) instead of rendering
     /// FILEs; FILEs, when given, only name what the rules belong to.
     #[arg(long)]
     pub live: bool,
@@ -73,22 +73,11 @@ pub struct TraceArgs {
 
 pub use super::render::{load, Loaded};
 
-/// `nft list table <family> kube-nftproxy` for both families, read with the text parser.
+/// Our tables as this node's kernel holds them, read over netlink as IR (no `nft` binary
+/// needed; reading needs CAP_NET_ADMIN in the node's network namespace).
 pub fn live_ruleset() -> Result<Ruleset> {
-    let mut rs = Ruleset::default();
-    for fam in ["ip", "ip6"] {
-        let out = std::process::Command::new("nft")
-            .args(["list", "table", fam, ruleset::TABLE_NAME])
-            .output()
-            .context("running nft (is nftables installed?)")?;
-        if !out.status.success() {
-            continue; // no table of this family
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let t = crate::nft::parse::parse_table(&text)
-            .map_err(|e| anyhow::anyhow!("reading nft list table {fam}: {e:?}"))?;
-        rs.tables.push(t);
-    }
+    let rs = crate::nft::netlink::read_ruleset()
+        .context("reading this node's kube-nftproxy tables over netlink")?;
     if rs.tables.is_empty() {
         bail!("this node has no kube-nftproxy table");
     }

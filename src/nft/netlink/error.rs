@@ -25,6 +25,10 @@ pub enum NetlinkError {
         "the kernel's element dump of set {set} stayed inconsistent after {attempts} attempts"
     )]
     InconsistentDump { set: String, attempts: u32 },
+    /// What the kernel holds is not something our encoders write (a rule shape, a set type,
+    /// a chain policy...), so it cannot be read back as IR without guessing.
+    #[error("cannot read back {object}: {reason}")]
+    Unreadable { object: String, reason: String },
     /// Talking to netlink failed otherwise (socket, decoding a dump, ...).
     #[error("netlink: {0}")]
     Query(#[from] QueryError),

@@ -1,6 +1,7 @@
 //! The IR over netlink: a [`Transaction`] becomes one rustables [`Batch`] (one kernel
 //! transaction, all or nothing), and our tables are read back into plain data
-//! ([`KernelTable`]) to check that the kernel holds what we programmed.
+//! ([`KernelTable`]) to check that the kernel holds what we programmed, or as IR
+//! ([`read_ruleset`], for `trace --live`).
 //!
 //! Every expression is encoded the way nft itself encodes it, so `nft list table` prints
 //! exactly the text `nft::text` renders for the same IR (the tests check this for every
@@ -20,6 +21,7 @@ mod decl;
 mod elements;
 mod error;
 mod listing;
+mod readback;
 mod rule;
 #[cfg(test)]
 mod tests;
@@ -38,6 +40,7 @@ pub use listing::{
     delete_tables, differences, obsolete_tables, read_table, summarize, tables_present,
     KernelBaseChain, KernelChain, KernelData, KernelElement, KernelSet, KernelTable,
 };
+pub use readback::{read_ir_table, read_ruleset};
 
 use rustables::data_type::NftType;
 use rustables::{Chain as NlChain, ProtocolFamily, Table as NlTable};

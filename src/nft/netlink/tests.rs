@@ -304,3 +304,36 @@ fn prefix_masks() {
     assert_eq!(prefix_mask(4, 0), vec![0, 0, 0, 0]);
     assert_eq!(prefix_mask(16, 64)[7..9], [255, 0]);
 }
+
+/// `read_ruleset` gives back the programmed IR, and refuses (naming the chain and the
+/// rule's position) rules it has no shape for, even near misses of ours: a plain
+/// `masquerade` (ours is fully-random), a port match, a counter, an inverted lookup.
+#[test]
+fn read_back_refuses_rule_shapes_it_does_not_write() {
+    let rs = demo();
+    let t = &rs.tables[0];
+    // a regular chain reached from nat postrouting only, so `masquerade` is allowed there
+    let n = t.chain("masquerading").expect("demo has it").rules.len();
+    let decls = SetDecls::from_ruleset(&rs);
+    in_netns(|ns| {
+        for bad in [
+            "masquerade",
+            "tcp dport 80 accept",
+            "counter accept",
+            "ip daddr != @cluster-ips drop",
+            "meta mark 0x5 accept",
+        ] {
+            apply(&diff::full(&rs), &decls).expect("apply");
+            assert_eq!(read_ruleset().expect("read back"), rs);
+            ns.nft(&["add", "rule", "ip", &t.name, "masquerading", bad]);
+            let err = read_ruleset().expect_err(bad).to_string();
+            let want = format!(
+                "cannot read back chain ip {} masquerading, rule {} of {}",
+                t.name,
+                n + 1,
+                n + 1
+            );
+            assert!(err.starts_with(&want), "{bad}: {err}");
+        }
+    });
+}
