@@ -134,7 +134,9 @@ fn run(name: &str, mix: &str, services: usize, endpoints: usize) {
     let kc = api.kubeconfig_file();
     let started = Instant::now();
     let mut child = ns
-        .command(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        // SCALE_BIN: another build of the agent, e.g. target/profiling/kube-nftproxy (with
+        // symbols, for SCALE_PERF).
+        .command(std::env::var("SCALE_BIN").unwrap_or(env!("CARGO_BIN_EXE_kube-nftproxy").into()))
         .args([
             "--hostname-override=node-a",
             "--logging-format=json",
