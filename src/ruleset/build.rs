@@ -26,6 +26,105 @@ const KINDS: [(&str, &str, &[Field]); 4] = [
 /// Endpoint counts in use, per endpoint map kind: each count has a map and a chain.
 pub type SlotCounts = BTreeMap<&'static str, BTreeSet<u32>>;
 
+/// Which endpoint list of a Service port a slot order is for: protocol, port, and whether
+/// it is the node-local list (Local traffic policies) rather than the cluster-wide one.
+/// Every entry key of the port (ClusterIP, external and load-balancer IPs, NodePort) uses
+/// the same list, so one order serves all of them.
+pub type SlotOrderKey = (Proto, u16, bool);
+
+/// Where one Service's endpoints sit in the endpoint maps, per port and list: the
+/// endpoints (address, port) in slot order. The agent keeps these between syncs and hands
+/// them back to `fragment`, so an endpoint keeps its slot while it exists (see
+/// `stable_order`); `render` has none and numbers slots in endpoint address order.
+pub type SlotOrders = BTreeMap<SlotOrderKey, Box<[(IpAddr, u16)]>>;
+
+/// The slot order of `eps` (sorted by address) given the previous order `prev`: an
+/// endpoint still present keeps its slot; new endpoints fill the holes removed ones left
+/// (lowest first, in address order) and then append; when more were removed than added,
+/// each remaining hole takes the last slot's endpoint. So one endpoint replaced changes one
+/// slot, one removed changes two (the hole and the last), one added appends one, and the
+/// order of an unchanged list is `prev` itself. Without `prev`: address order.
+pub fn stable_order<'e>(prev: Option<&[(IpAddr, u16)]>, eps: &[&'e Endpoint]) -> Vec<&'e Endpoint> {
+    let Some(prev) = prev else {
+        return eps.to_vec();
+    };
+    let index: std::collections::HashMap<(IpAddr, u16), usize> = (eps.iter().enumerate())
+        .map(|(i, e)| ((e.ip, e.port), i))
+        .collect();
+    let mut taken = vec![false; eps.len()];
+    let mut slots: Vec<Option<usize>> = Vec::with_capacity(prev.len().max(eps.len()));
+    for id in prev {
+        let at = index.get(id).copied().filter(|i| !taken[*i]);
+        if let Some(i) = at {
+            taken[i] = true;
+        }
+        slots.push(at);
+    }
+    let mut fresh = (0..eps.len()).filter(|i| !taken[*i]);
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        *s = fresh.next();
+    }
+    slots.extend(fresh.map(Some));
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i].is_none() {
+            while matches!(slots.last(), Some(None)) {
+                slots.pop();
+            }
+            if i < slots.len() {
+                slots.swap_remove(i);
+            }
+        }
+        i += 1;
+    }
+    slots.into_iter().flatten().map(|i| eps[i]).collect()
+}
+
+/// `rs` with the slots of every key in every endpoint map renumbered so that the values
+/// are in sorted order: two tables that put the same endpoints under each key, in any slot
+/// order, become equal. Fails when a key of `…-endpoints-N` does not hold exactly slots
+/// 0..N-1, the property selection relies on (every draw of `numgen random mod N` hits).
+/// For tests comparing the agent's kept IR (stable slots) with a fresh render.
+pub fn canonical_slots(rs: &Ruleset) -> Result<Ruleset, String> {
+    let mut out = rs.clone();
+    for t in &mut out.tables {
+        for s in &mut t.sets {
+            let Some(n) = KINDS.iter().find_map(|(kind, _, _)| {
+                let rest = s.name.strip_prefix(kind)?.strip_prefix('-')?;
+                rest.parse::<u32>().ok()
+            }) else {
+                continue;
+            };
+            let mut by_key: BTreeMap<Vec<Value>, Vec<(u32, Option<ElementData>)>> =
+                BTreeMap::new();
+            for (k, data) in std::mem::take(&mut s.elements) {
+                let Some((Value::Slot(slot), key)) = k.split_last() else {
+                    return Err(format!("{}: element {k:?} has no slot", s.name));
+                };
+                by_key.entry(key.to_vec()).or_default().push((*slot, data));
+            }
+            for (key, mut vals) in by_key {
+                let mut slots: Vec<u32> = vals.iter().map(|v| v.0).collect();
+                slots.sort_unstable();
+                if slots != (0..n).collect::<Vec<_>>() {
+                    return Err(format!(
+                        "{}: key {} has slots {slots:?}",
+                        s.name,
+                        concat_text(&key)
+                    ));
+                }
+                vals.sort_by(|a, b| a.1.cmp(&b.1));
+                for (i, (_, data)) in vals.into_iter().enumerate() {
+                    let mut k = key.clone();
+                    k.push(Value::Slot(i as u32));
+                    s.elements.insert(k, data);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Interned names, so claims can keep naming sets with `&'static str`: one string per
 /// (kind, count) ever used by this process, a few hundred at most in practice.
 fn interned(prefix: &'static str, kind: &'static str, n: u32) -> &'static str {
@@ -115,7 +214,7 @@ pub fn build(m: &Model) -> (Ruleset, Vec<Note>) {
             let fragments = m
                 .services
                 .chunk_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name))
-                .map(|ports| fragment(m, *f, ports))
+                .map(|ports| fragment(m, *f, ports, None))
                 .collect();
             assemble(m, *f, fragments, &mut notes).table
         })
@@ -143,11 +242,22 @@ pub struct Fragment {
     pub chains: Vec<Chain>,
     /// One (endpoint map, endpoint count) per Service IP or NodePort entered in one.
     pub slots: Vec<(&'static str, u32)>,
+    /// The slot order of each endpoint list entered in the endpoint maps.
+    pub orders: SlotOrders,
 }
 
 /// The fragment of one Service: `ports` are all its ports (one `ServicePort` each).
-pub fn fragment(m: &Model, f: Family, ports: &[ServicePort]) -> Fragment {
+/// `prev` is the slot order the Service's endpoints had (the agent's; `None` numbers
+/// slots in address order): given the orders this returned for the same ports, the
+/// fragment is the same again.
+pub fn fragment(
+    m: &Model,
+    f: Family,
+    ports: &[ServicePort],
+    prev: Option<&SlotOrders>,
+) -> Fragment {
     let mut b = TableBuilder::new(m, f);
+    b.prev = prev;
     for sp in ports {
         b.service_port(sp);
     }
@@ -159,6 +269,7 @@ pub fn fragment(m: &Model, f: Family, ports: &[ServicePort]) -> Fragment {
         claims: b.claims,
         chains: b.chains,
         slots: b.slots,
+        orders: b.orders,
     }
 }
 
@@ -258,6 +369,8 @@ struct TableBuilder<'a> {
     chains: Vec<Chain>,
     slots: Vec<(&'static str, u32)>,
     slot_counts: SlotCounts,
+    prev: Option<&'a SlotOrders>,
+    orders: SlotOrders,
 }
 
 fn regular(name: &str, rules: Vec<Rule>) -> Chain {
@@ -295,7 +408,25 @@ impl<'a> TableBuilder<'a> {
             chains: Vec::new(),
             slots: Vec::new(),
             slot_counts: SlotCounts::new(),
+            prev: None,
+            orders: SlotOrders::new(),
         }
+    }
+
+    /// The slot order of one endpoint list of `sp` (see `stable_order`), remembered for
+    /// the next sync. A second port with the same protocol and port (the API forbids it)
+    /// gets address order and is not remembered, so rebuilding with the returned orders
+    /// gives the same fragment.
+    fn ordered<'e>(&mut self, sp: &ServicePort, local: bool, eps: &[&'e Endpoint]) -> Vec<&'e Endpoint> {
+        let key = (sp.protocol, sp.port, local);
+        if eps.is_empty() || self.orders.contains_key(&key) {
+            return eps.to_vec();
+        }
+        let prev = self.prev.and_then(|p| p.get(&key)).map(|o| &o[..]);
+        let out = stable_order(prev, eps);
+        self.orders
+            .insert(key, out.iter().map(|e| (e.ip, e.port)).collect());
+        out
     }
 
     fn loopback(&self) -> IpNet {
@@ -582,17 +713,29 @@ impl<'a> TableBuilder<'a> {
             } else {
                 cluster_vips.push(cip);
             }
+            // Every key of one list shares its slot order, so an endpoint sits in the
+            // same slot under the ClusterIP, the external IPs and the NodePort.
+            let cluster = if !cluster_vips.is_empty() || sp.node_port.is_some() {
+                self.ordered(sp, false, &cat.cluster)
+            } else {
+                Vec::new()
+            };
+            let local = if !local_vips.is_empty() || (etp_local && sp.node_port.is_some()) {
+                self.ordered(sp, true, &cat.local)
+            } else {
+                Vec::new()
+            };
             for ip in cluster_vips {
-                self.slots(SERVICE_EPS, vip(ip), &cat.cluster);
+                self.slots(SERVICE_EPS, vip(ip), &cluster);
             }
             for ip in local_vips {
-                self.slots(LOCAL_SERVICE_EPS, vip(ip), &cat.local);
+                self.slots(LOCAL_SERVICE_EPS, vip(ip), &local);
             }
             if let Some(np) = sp.node_port {
                 let key = vec![proto, Value::Port(np)];
-                self.slots(NODEPORT_EPS, key.clone(), &cat.cluster);
+                self.slots(NODEPORT_EPS, key.clone(), &cluster);
                 if etp_local {
-                    self.slots(LOCAL_NODEPORT_EPS, key, &cat.local);
+                    self.slots(LOCAL_NODEPORT_EPS, key, &local);
                 }
             }
         }

@@ -337,9 +337,10 @@ fn new_conn(verdict: Verdict) -> Rule {
 /// The last rule of every selection chain: nothing may leave un-NATed. A drop, not a
 /// reject: these chains are nat chains, where a reject does not answer the client (the
 /// real-kernel NodePort test saw a `goto reject-chain` here time out, not refuse), which
-/// is also why upstream rejects only from filter chains.
+/// is also why upstream rejects only from filter chains. The counter makes a miss visible
+/// (`nft list chain ...`): an entry always has all its slots, so it should stay at zero.
 pub(super) fn reject_miss() -> Rule {
-    Rule::new(vec![], Some(Verdict::Drop)).with_comment("no endpoint selected")
+    Rule::new(vec![Expr::Counter], Some(Verdict::Drop)).with_comment("no endpoint selected")
 }
 
 /// `<key> vmap @map`
