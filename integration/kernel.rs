@@ -547,7 +547,8 @@ fn two_endpoints_spread_evenly_among_counts_up_to_500() {
 }
 
 /// Issue 16: a selection that finds no endpoint (here: a slot removed by hand from the
-/// count's map) ends in the chain's drop, never in an un-NATed packet.
+/// count's map) ends in the chain's drop, never in an un-NATed packet, and the drop's
+/// counter shows it.
 #[test]
 fn a_selection_miss_is_dropped_not_forwarded() {
     if !require_root_and_tools() {
@@ -589,6 +590,137 @@ fn a_selection_miss_is_dropped_not_forwarded() {
         served > 0 && refused > 0,
         "served {served}, dropped {refused}"
     );
+    // The miss rule counts what it drops (each timed-out connect sent its SYN at least
+    // once; retransmissions pass the nat chain again, as the dropped SYN left no
+    // conntrack entry behind).
+    let chain = c.node().exec_ok([
+        "nft",
+        "list",
+        "chain",
+        "ip",
+        "kube-nftproxy",
+        "select-service-endpoints-2",
+    ]);
+    let line = (chain.lines())
+        .find(|l| l.contains("no endpoint selected"))
+        .unwrap_or_else(|| panic!("no miss rule:\n{chain}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let packets: u64 = words
+        .iter()
+        .position(|w| *w == "packets")
+        .and_then(|i| words.get(i + 1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter on the miss rule: {line}"));
+    assert!(
+        packets >= refused as u64,
+        "the miss counter saw {packets} packets for {refused} dropped connections: {line}"
+    );
+}
+
+/// Issue 16: the agent keeps endpoints in stable slots. One endpoint of a 3-endpoint
+/// Service replaced, through `Desired` and netlink as the agent syncs: the partial
+/// transaction is one element deleted and one added, the new endpoint takes the old one's
+/// slot (not address order), the kernel holds slots 0..2, and connections spread evenly
+/// over the three endpoints.
+#[test]
+fn a_replaced_endpoint_takes_its_slot_and_the_spread_stays_even() {
+    use kube_nftproxy::agent::desired::Desired;
+    use kube_nftproxy::model::options::Options;
+    use kube_nftproxy::nft::netlink;
+    use kube_nftproxy::objects::input::ClusterObjects;
+    use kube_nftproxy::ruleset::tx::Op;
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let pods = [
+        ("s1", "10.244.0.81"),
+        ("s2", "10.244.0.82"),
+        ("s3", "10.244.0.83"),
+        ("s4", "10.244.0.84"),
+    ];
+    for (name, ip) in pods {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
+    let client = c.add_pod("c", "10.244.0.20");
+    let objects = |eps: &[&str]| {
+        let eps: Vec<(&str, &str)> = eps.iter().map(|ip| (*ip, NODE_A)).collect();
+        let yaml = nodes_yaml() + &http_service("slots", "10.96.0.81", &eps, &[]);
+        let mut o = ClusterObjects::default();
+        o.add_text("slots", &yaml, &mut vec![]).unwrap();
+        o.sort();
+        o
+    };
+    let opts = Options {
+        hostname: "node-a".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Options::default()
+    };
+    let mut desired = Desired::new(opts);
+    let mut sync = |o: &ClusterObjects| {
+        let u = desired.update(o, false);
+        let rs = desired.ruleset().clone();
+        c.node()
+            .run_in(|| {
+                let extra = netlink::obsolete_tables(&rs);
+                let decls = netlink::SetDecls::from_ruleset(&rs);
+                netlink::apply_with(&u.tx, &extra, &decls, Some(&rs)).map(|_| ())
+            })
+            .unwrap_or_else(|e| panic!("kernel refused: {e:?}"));
+        u
+    };
+    assert!(sync(&objects(&["10.244.0.81", "10.244.0.82", "10.244.0.83"])).full);
+    // s2 (slot 1) is replaced by s4, which sorts last: address order would put it in slot
+    // 2 and move s3 to slot 1.
+    let u = sync(&objects(&["10.244.0.81", "10.244.0.83", "10.244.0.84"]));
+    assert!(!u.full);
+    let elems: Vec<String> = (u.tx.ops.iter())
+        .flat_map(|op| match op {
+            Op::AddElements { set, elements, .. } => elements
+                .iter()
+                .map(|e| format!("+{set} {:?}", e.key))
+                .collect(),
+            Op::DeleteElements { set, elements, .. } => elements
+                .iter()
+                .map(|e| format!("-{set} {:?}", e.key))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    // The pods run on this node, so their hairpin elements change too; in the endpoint
+    // map, one slot.
+    let (in_map, other): (Vec<&String>, Vec<&String>) =
+        elems.iter().partition(|e| e[1..].starts_with("service-endpoints-3 "));
+    assert_eq!(in_map.len(), 2, "one delete and one add: {elems:?}");
+    assert!(
+        other.iter().all(|e| e[1..].starts_with("hairpin-connections ")),
+        "{elems:?}"
+    );
+    let listed = c.node().exec_ok([
+        "nft",
+        "list",
+        "map",
+        "ip",
+        "kube-nftproxy",
+        "service-endpoints-3",
+    ]);
+    let flat = listed.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (slot, ep) in [(0, "10.244.0.81"), (1, "10.244.0.84"), (2, "10.244.0.83")] {
+        let want = format!("10.96.0.81 . tcp . 80 . {slot} : {ep} . 8080");
+        assert!(flat.contains(&want), "want {want} in:\n{listed}");
+    }
+    let got = ids(
+        &client.tcp_requests("10.96.0.81", 80, 300, TIMEOUT),
+        "pod c after the replacement",
+    );
+    let n = counts(&got);
+    for name in ["s1", "s3", "s4"] {
+        let k = n.get(name).copied().unwrap_or(0);
+        assert!(
+            (60..=141).contains(&k),
+            "endpoint {name} got {k}/300 connections, want 20..47 %: {n:?}"
+        );
+    }
+    assert!(!n.contains_key("s2"), "the replaced endpoint still serves: {n:?}");
 }
 
 /// Issue 16: two Services claiming one external IP and port. The first in order
