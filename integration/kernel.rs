@@ -547,73 +547,94 @@ fn two_endpoints_spread_evenly_among_counts_up_to_500() {
 }
 
 /// Issue 16: a selection that finds no endpoint (here: a slot removed by hand from the
-/// count's map) ends in the chain's drop, never in an un-NATed packet, and the drop's
-/// counter shows it.
+/// count's map) is rejected, never forwarded un-NATed: the selection chain's last rule
+/// counts the miss and marks the packet, and the filter chain of the path it takes
+/// (forward for the pod's ClusterIP connection, input for the NodePort one) rejects it,
+/// so the client sees a refusal at once rather than a timeout. The NodePort case has a
+/// server of its own listening on the node's address and NodePort: an un-NATed packet
+/// would reach it, an un-answered one would time out.
 #[test]
-fn a_selection_miss_is_dropped_not_forwarded() {
+fn a_selection_miss_is_rejected_not_forwarded() {
     if !require_root_and_tools() {
         return;
     }
     let mut c = Cluster::new();
     let eps = [("m1", "10.244.0.51"), ("m2", "10.244.0.52")];
+    let mut servers = Vec::new();
     for (name, ip) in eps {
-        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+        servers.push(c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap());
     }
+    servers.push(c.node().spawn_tcp_server(NODE_IP, 30072).unwrap());
     let client = c.add_pod("c", "10.244.0.20");
-    let yaml =
-        nodes_yaml() + &http_service("miss", "10.96.0.72", &eps.map(|(_, ip)| (ip, NODE_A)), &[]);
+    let eps_on: Vec<(&str, &str)> = eps.iter().map(|(_, ip)| (*ip, NODE_A)).collect();
+    let yaml = nodes_yaml()
+        + &service(
+            "miss",
+            "10.96.0.72",
+            "NodePort",
+            &[SvcPort("http", "TCP", 80, "8080", Some(30072))],
+            &[],
+            None,
+        )
+        + &slice("miss", &[("http", "TCP", 8080)], &eps_on);
     program(c.node(), &yaml, &[]);
-    let out = c.node().nft([
-        "delete",
-        "element",
-        "ip",
-        "kube-nftproxy",
-        "service-endpoints-2",
-        "{ 10.96.0.72 . tcp . 80 . 1 }",
-    ]);
-    assert!(out.status.success(), "{}", out_text(&out));
-    let (mut served, mut refused) = (0, 0);
-    for _ in 0..16 {
-        match client.tcp_request("10.96.0.72", 80, DROP_TIMEOUT) {
-            Ok(reply) => {
-                assert_eq!(Identity::parse(&reply).server, "m1", "{reply}");
-                served += 1;
-            }
-            Err(e) => {
-                // Dropped by the selection chain's last rule: never forwarded un-NATed.
-                assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
-                refused += 1;
+    for (map, key) in [
+        ("service-endpoints-2", "10.96.0.72 . tcp . 80 . 1"),
+        ("nodeport-endpoints-2", "tcp . 30072 . 1"),
+    ] {
+        let elem = format!("{{ {key} }}");
+        let out = c
+            .node()
+            .nft(["delete", "element", "ip", "kube-nftproxy", map, &elem]);
+        assert!(out.status.success(), "{}", out_text(&out));
+    }
+    let mut refused = 0;
+    for (what, from, dst, port) in [
+        ("ClusterIP from a pod", &client, "10.96.0.72", 80),
+        ("NodePort from outside", c.client(), NODE_IP, 30072),
+    ] {
+        let (mut served, mut missed) = (0, 0);
+        for _ in 0..16 {
+            match from.tcp_request(dst, port, TIMEOUT) {
+                Ok(reply) => {
+                    assert_eq!(Identity::parse(&reply).server, "m1", "{what}: {reply}");
+                    served += 1;
+                }
+                Err(e) => {
+                    // Rejected after the selection chain's miss: never forwarded un-NATed
+                    // (nor dropped without an answer).
+                    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{what}: {e}");
+                    missed += 1;
+                }
             }
         }
+        assert!(
+            served > 0 && missed > 0,
+            "{what}: served {served}, refused {missed}"
+        );
+        refused += missed;
+    }
+    // The miss rules count what they refuse: at least one SYN per refused connection.
+    let mut packets = 0u64;
+    for chain in ["select-service-endpoints-2", "select-nodeport-endpoints-2"] {
+        let listed = c
+            .node()
+            .exec_ok(["nft", "list", "chain", "ip", "kube-nftproxy", chain]);
+        let line = (listed.lines())
+            .find(|l| l.contains("no endpoint selected"))
+            .unwrap_or_else(|| panic!("no miss rule:\n{listed}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let n: u64 = (words.iter().position(|w| *w == "packets"))
+            .and_then(|i| words.get(i + 1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no counter on the miss rule: {line}"));
+        assert!(n > 0, "{chain}: the miss counter stayed at 0: {line}");
+        packets += n;
     }
     assert!(
-        served > 0 && refused > 0,
-        "served {served}, dropped {refused}"
-    );
-    // The miss rule counts what it drops (each timed-out connect sent its SYN at least
-    // once; retransmissions pass the nat chain again, as the dropped SYN left no
-    // conntrack entry behind).
-    let chain = c.node().exec_ok([
-        "nft",
-        "list",
-        "chain",
-        "ip",
-        "kube-nftproxy",
-        "select-service-endpoints-2",
-    ]);
-    let line = (chain.lines())
-        .find(|l| l.contains("no endpoint selected"))
-        .unwrap_or_else(|| panic!("no miss rule:\n{chain}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let packets: u64 = words
-        .iter()
-        .position(|w| *w == "packets")
-        .and_then(|i| words.get(i + 1)?.parse().ok())
-        .unwrap_or_else(|| panic!("no counter on the miss rule: {line}"));
-    assert!(
         packets >= refused as u64,
-        "the miss counter saw {packets} packets for {refused} dropped connections: {line}"
+        "the miss counters saw {packets} packets for {refused} refused connections"
     );
+    drop(servers);
 }
 
 /// Issue 16: the agent keeps endpoints in stable slots. One endpoint of a 3-endpoint

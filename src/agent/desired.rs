@@ -512,9 +512,12 @@ impl Desired {
         let counts_after = self.slot_counts(f);
         if counts_before != counts_after {
             // A count coming into use brings its endpoint map and chain; one going out of
-            // use takes them away.
-            before.chains.extend(selection_chains(&counts_before));
-            after.chains.extend(selection_chains(&counts_after));
+            // use takes them away. (A partial sync runs only with unchanged globals, so the
+            // masquerade mark, and with it the miss mark, is the kept IR's.)
+            let mark = (self.globals.as_ref()).map_or(0, |g| g.masquerade_mark);
+            let miss = crate::ruleset::miss_mark(mark);
+            before.chains.extend(selection_chains(&counts_before, miss));
+            after.chains.extend(selection_chains(&counts_after, miss));
             after.sets = table_sets(&counts_after);
         }
         for ((set, key), (was, count, data)) in touched {

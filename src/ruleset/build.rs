@@ -151,11 +151,12 @@ pub fn select_chain(kind: &'static str, n: u32) -> &'static str {
     interned("select-", kind, n)
 }
 
-/// The per-count chains: one `dnat ... numgen random mod N map @<kind>-N` each, then a
-/// reject for a miss (an entry always has all N slots, so that is never reached unless
-/// the maps are inconsistent). Each endpoint map is bound by exactly one rule, so the
-/// kernel validates its elements once (see rules/README.md).
-pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
+/// The per-count chains: one `dnat ... numgen random mod N map @<kind>-N` each, then the
+/// miss rule marking the packet with `miss` for the filter chains to reject (an entry
+/// always has all N slots, so that is never reached unless the maps are inconsistent).
+/// Each endpoint map is bound by exactly one rule, so the kernel validates its elements
+/// once (see rules/README.md).
+pub fn selection_chains(counts: &SlotCounts, miss: u32) -> Vec<Chain> {
     let mut out = Vec::new();
     for (kind, _, key) in KINDS {
         for n in counts.get(kind).into_iter().flatten() {
@@ -172,7 +173,7 @@ pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
                             map: count_map(kind, *n).to_string(),
                         }),
                     ),
-                    reject_miss(),
+                    reject_miss(miss),
                 ],
             ));
         }
@@ -456,6 +457,21 @@ impl<'a> TableBuilder<'a> {
     fn finish(&mut self, nodeports: &NodePortIps) -> Table {
         let mut t = skeleton().clone();
         t.family = self.f;
+        let miss = miss_mark(self.mark);
+        if miss != MISS_MARK {
+            // The skeleton's miss rules carry the default bit, which is the masquerade
+            // bit here.
+            for r in (t.chains.iter_mut())
+                .flat_map(|c| c.rules.iter_mut())
+                .filter(|r| r.comment.as_deref() == Some(MISS))
+            {
+                for e in &mut r.exprs {
+                    if let Expr::MarkOr(m) | Expr::MarkSet(m) = e {
+                        *m = miss;
+                    }
+                }
+            }
+        }
         t.sets.extend(count_sets(&self.slot_counts));
         for s in &mut t.sets {
             if let Some(elems) = self.elements.remove(s.name.as_str()) {
@@ -575,7 +591,8 @@ impl<'a> TableBuilder<'a> {
 
     /// The per-count selection chains, with the Service chains (sorted with them).
     fn selection(&mut self) {
-        self.chains.extend(selection_chains(&self.slot_counts));
+        let miss = miss_mark(self.mark);
+        self.chains.extend(selection_chains(&self.slot_counts, miss));
     }
 
     fn service_port(&mut self, sp: &ServicePort) {
@@ -891,5 +908,64 @@ impl<'a> TableBuilder<'a> {
             ));
         }
         rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::options::Options;
+    use crate::objects::input::ClusterObjects;
+
+    /// The miss mark never equals the masquerade mark: with masqueradeBit 15 (the miss
+    /// mark's default bit) the miss rules and their rejects use bit 14.
+    #[test]
+    fn the_miss_mark_moves_off_the_masquerade_bit() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: ns}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: p, port: 80, protocol: TCP, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-x, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.5], conditions: {ready: true}}]
+ports: [{name: p, port: 8080, protocol: TCP}]
+"#;
+        let mut o = ClusterObjects::default();
+        o.add_text("t", yaml, &mut vec![]).unwrap();
+        o.sort();
+        let misses = |bit: u8| -> Vec<Vec<Expr>> {
+            let opts = Options {
+                hostname: "n".into(),
+                masquerade_bit: bit,
+                ..Options::default()
+            };
+            let (rs, _) = crate::ruleset::render::ruleset(&o, &opts);
+            (rs.tables[0].chains.iter())
+                .flat_map(|c| &c.rules)
+                .filter(|r| r.comment.as_deref() == Some(MISS))
+                .map(|r| r.exprs.clone())
+                .collect()
+        };
+        for (bit, want) in [(14, 0x8000), (15, 0x4000)] {
+            let rules = misses(bit);
+            // endpoints, local-endpoints, select-service-endpoints-1, and the three
+            // filter chains' rejects
+            assert_eq!(rules.len(), 6, "{rules:?}");
+            for exprs in &rules {
+                assert!(
+                    exprs.iter().any(|e| matches!(
+                        e,
+                        Expr::MarkOr(m) | Expr::MarkSet(m) if *m == want
+                    )),
+                    "bit {bit}: {exprs:?}"
+                );
+            }
+        }
     }
 }

@@ -14,4 +14,4 @@ pub use build::{
     selection_chains, stable_order, table_sets, Assembled, Claim, Fragment, SlotCounts,
     SlotOrderKey, SlotOrders,
 };
-pub use skeleton::{skeleton, TABLE_NAME};
+pub use skeleton::{miss_mark, skeleton, TABLE_NAME};
