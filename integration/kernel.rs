@@ -709,11 +709,14 @@ fn a_replaced_endpoint_takes_its_slot_and_the_spread_stays_even() {
         .collect();
     // The pods run on this node, so their hairpin elements change too; in the endpoint
     // map, one slot.
-    let (in_map, other): (Vec<&String>, Vec<&String>) =
-        elems.iter().partition(|e| e[1..].starts_with("service-endpoints-3 "));
+    let (in_map, other): (Vec<&String>, Vec<&String>) = elems
+        .iter()
+        .partition(|e| e[1..].starts_with("service-endpoints-3 "));
     assert_eq!(in_map.len(), 2, "one delete and one add: {elems:?}");
     assert!(
-        other.iter().all(|e| e[1..].starts_with("hairpin-connections ")),
+        other
+            .iter()
+            .all(|e| e[1..].starts_with("hairpin-connections ")),
         "{elems:?}"
     );
     let listed = c.node().exec_ok([
@@ -741,7 +744,10 @@ fn a_replaced_endpoint_takes_its_slot_and_the_spread_stays_even() {
             "endpoint {name} got {k}/300 connections, want 20..47 %: {n:?}"
         );
     }
-    assert!(!n.contains_key("s2"), "the replaced endpoint still serves: {n:?}");
+    assert!(
+        !n.contains_key("s2"),
+        "the replaced endpoint still serves: {n:?}"
+    );
 }
 
 /// Issue 16: two Services claiming one external IP and port. The first in order

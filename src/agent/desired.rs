@@ -886,10 +886,9 @@ mod tests {
         let u = check(&mut d, &o2, false);
         let ops = element_ops(&u.tx);
         assert!(
-            u.tx.ops.iter().all(|op| matches!(
-                op,
-                Op::AddElements { .. } | Op::DeleteElements { .. }
-            )),
+            u.tx.ops
+                .iter()
+                .all(|op| matches!(op, Op::AddElements { .. } | Op::DeleteElements { .. })),
             "{:#?}",
             u.tx
         );

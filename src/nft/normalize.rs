@@ -128,13 +128,21 @@ mod tests {
                 "map service-endpoints-2 {{\n\telements = {{ {elems} }}\n}}\n"
             )))
         };
-        let a = map("10.0.0.1 . tcp . 80 . 0 : 10.1.0.1 . 8080, 10.0.0.1 . tcp . 80 . 1 : 10.1.0.2 . 8080");
-        let b = map("10.0.0.1 . tcp . 80 . 1 : 10.1.0.1 . 8080, 10.0.0.1 . tcp . 80 . 0 : 10.1.0.2 . 8080");
+        let a = map(
+            "10.0.0.1 . tcp . 80 . 0 : 10.1.0.1 . 8080, 10.0.0.1 . tcp . 80 . 1 : 10.1.0.2 . 8080",
+        );
+        let b = map(
+            "10.0.0.1 . tcp . 80 . 1 : 10.1.0.1 . 8080, 10.0.0.1 . tcp . 80 . 0 : 10.1.0.2 . 8080",
+        );
         assert_eq!(a, b);
-        let c = map("10.0.0.1 . tcp . 80 . 1 : 10.1.0.1 . 8080, 10.0.0.1 . tcp . 80 . 0 : 10.1.0.3 . 8080");
+        let c = map(
+            "10.0.0.1 . tcp . 80 . 1 : 10.1.0.1 . 8080, 10.0.0.1 . tcp . 80 . 0 : 10.1.0.3 . 8080",
+        );
         assert_ne!(a, c);
         // A key with a hole is left as it is.
-        let holed = map("10.0.0.1 . tcp . 80 . 2 : 10.1.0.1 . 8080, 10.0.0.1 . tcp . 80 . 0 : 10.1.0.2 . 8080");
+        let holed = map(
+            "10.0.0.1 . tcp . 80 . 2 : 10.1.0.1 . 8080, 10.0.0.1 . tcp . 80 . 0 : 10.1.0.2 . 8080",
+        );
         assert_ne!(a, holed);
         // Other sets keep their slots as they are.
         let other = "map x {\n\telements = { 1 . 0 : 2, 1 . 1 : 1 }\n}\n";

@@ -95,8 +95,7 @@ pub fn canonical_slots(rs: &Ruleset) -> Result<Ruleset, String> {
             }) else {
                 continue;
             };
-            let mut by_key: BTreeMap<Vec<Value>, Vec<(u32, Option<ElementData>)>> =
-                BTreeMap::new();
+            let mut by_key: BTreeMap<Vec<Value>, Vec<(u32, Option<ElementData>)>> = BTreeMap::new();
             for (k, data) in std::mem::take(&mut s.elements) {
                 let Some((Value::Slot(slot), key)) = k.split_last() else {
                     return Err(format!("{}: element {k:?} has no slot", s.name));
@@ -418,7 +417,12 @@ impl<'a> TableBuilder<'a> {
     /// the next sync. A second port with the same protocol and port (the API forbids it)
     /// gets address order and is not remembered, so rebuilding with the returned orders
     /// gives the same fragment.
-    fn ordered<'e>(&mut self, sp: &ServicePort, local: bool, eps: &[&'e Endpoint]) -> Vec<&'e Endpoint> {
+    fn ordered<'e>(
+        &mut self,
+        sp: &ServicePort,
+        local: bool,
+        eps: &[&'e Endpoint],
+    ) -> Vec<&'e Endpoint> {
         let key = (sp.protocol, sp.port, local);
         if eps.is_empty() || self.orders.contains_key(&key) {
             return eps.to_vec();
@@ -592,7 +596,8 @@ impl<'a> TableBuilder<'a> {
     /// The per-count selection chains, with the Service chains (sorted with them).
     fn selection(&mut self) {
         let miss = miss_mark(self.mark);
-        self.chains.extend(selection_chains(&self.slot_counts, miss));
+        self.chains
+            .extend(selection_chains(&self.slot_counts, miss));
     }
 
     fn service_port(&mut self, sp: &ServicePort) {

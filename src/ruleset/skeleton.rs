@@ -176,9 +176,9 @@ fn table() -> Table {
                 Hook::Input,
                 FILTER,
                 vec![
-                    miss_reject(MISS_MARK),
                     new_conn(Verdict::Jump(NODEPORT_EP_CHECK.into())),
                     new_conn(Verdict::Jump(SERVICE_EP_CHECK.into())),
+                    miss_reject(MISS_MARK),
                 ],
             ),
             base(
@@ -187,9 +187,9 @@ fn table() -> Table {
                 Hook::Forward,
                 FILTER,
                 vec![
-                    miss_reject(MISS_MARK),
                     new_conn(Verdict::Jump(SERVICE_EP_CHECK.into())),
                     new_conn(Verdict::Jump(CLUSTER_IPS_CHECK.into())),
+                    miss_reject(MISS_MARK),
                 ],
             ),
             base(
@@ -198,9 +198,9 @@ fn table() -> Table {
                 Hook::Output,
                 FILTER,
                 vec![
-                    miss_reject(MISS_MARK),
                     new_conn(Verdict::Jump(SERVICE_EP_CHECK.into())),
                     new_conn(Verdict::Jump(CLUSTER_IPS_CHECK.into())),
+                    miss_reject(MISS_MARK),
                 ],
             ),
             base(
@@ -358,9 +358,11 @@ pub fn miss_mark(masquerade_mark: u32) -> u32 {
 /// real-kernel NodePort test saw a `goto reject-chain` here time out, not refuse; upstream
 /// too rejects only from filter chains), so the miss marks the packet and accepts it
 /// un-NATed, and the filter chains (priority 0, after DNAT, on every path a packet can
-/// take: input, forward, output) reject what carries the mark first thing
-/// (`miss_reject`). The counter makes a miss visible (`nft list chain ...`): an entry
-/// always has all its slots, so it should stay at zero.
+/// take: input, forward, output) reject what carries the mark after their no-endpoint
+/// checks (`miss_reject`). The counter makes a miss visible (`nft list chain ...`): an entry
+/// always has all its slots, so a selection chain's should stay at zero (the one in
+/// `local-endpoints` also counts Local-policy traffic without a local endpoint, which the
+/// no-endpoint checks drop).
 pub(super) fn reject_miss(mark: u32) -> Rule {
     Rule::new(
         vec![Expr::Counter, Expr::MarkOr(mark)],
@@ -369,13 +371,19 @@ pub(super) fn reject_miss(mark: u32) -> Rule {
     .with_comment(MISS)
 }
 
-/// The first rule of the filter chains on the input, forward and output hooks: a packet
-/// a selection chain marked as a miss is rejected. Only a new connection's packet can be
-/// one (nat chains see nothing else), so the bit set by anyone else on other packets is
-/// left alone.
+/// The last rule of the filter chains on the input, forward and output hooks: a packet a
+/// selection chain marked as a miss is rejected. Last, because a Local traffic policy
+/// without endpoints on this node reaches the miss of `local-endpoints` by design, and
+/// must be dropped (`no-endpoint-…` says `drop`, as upstream does, so a load balancer's
+/// health check moves traffic elsewhere), not rejected. Only a new connection's packet
+/// can be a miss (nat chains see nothing else), so the bit set by anyone else on other
+/// packets is left alone.
 pub(super) fn miss_reject(mark: u32) -> Rule {
-    Rule::new(vec![Expr::MarkSet(mark), Expr::CtStateNew], Some(Verdict::Reject))
-        .with_comment(MISS)
+    Rule::new(
+        vec![Expr::MarkSet(mark), Expr::CtStateNew],
+        Some(Verdict::Reject),
+    )
+    .with_comment(MISS)
 }
 
 /// `<key> vmap @map`

@@ -188,11 +188,9 @@ impl RuleBuilder<'_> {
             Expr::MarkOr(m) => self.mark_set(!m, *m)?,
             Expr::MarkXor(m) => self.mark_set(u32::MAX, *m)?,
             // nft sends both counts, zero, with a new counter.
-            Expr::Counter => self.push(
-                Counter::default()
-                    .with_nb_bytes(0u64)
-                    .with_nb_packets(0u64),
-            ),
+            Expr::Counter => {
+                self.push(Counter::default().with_nb_bytes(0u64).with_nb_packets(0u64))
+            }
             Expr::UpdateAffinity {
                 map,
                 key,
