@@ -3,7 +3,8 @@
 //! out the same `Arc` for an object that did not change, so a pointer comparison finds the
 //! Services to rebuild. Only their fragments (set elements and chains) are recomputed and
 //! diffed, and the result is replayed on the kept IR, which therefore always equals what a
-//! full build of the same objects gives (a test checks this). Anything that is not one
+//! full build of the same objects gives, up to the order of the endpoint slots under each
+//! key (the agent keeps slots stable; tests check this). Anything that is not one
 //! Service's business (node, families, CIDRs) changing, or two Services claiming one key
 //! with different data, falls back to a full rebuild.
 
