@@ -25,7 +25,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kube_nftproxy::nft::normalize::normalize;
+use kube_nftproxy::nft::normalize::normalize_slots;
+
+/// `nft::normalize::normalize`, and the slots under each endpoint map key in value order:
+/// the agent keeps endpoints in stable slots (a replaced endpoint's slot is reused, a
+/// removed one's taken by the last), render numbers them in address order, so what is
+/// compared is the endpoints under every key. The slots still must be 0..N-1: a key with
+/// a hole is not renumbered, so it differs from render's.
+fn normalize(text: &str) -> String {
+    normalize_slots(&kube_nftproxy::nft::normalize::normalize(text))
+}
 use serde_json::{json, Value};
 use support::fakeapi::FakeApi;
 use support::*;

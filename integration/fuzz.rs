@@ -8,7 +8,9 @@
 //!   never a panic, and every error names the file.
 //! * `sequences_*`: random sequences of Service/EndpointSlice adds, changes and deletes
 //!   applied to `agent::desired::Desired`: after every step the kept IR equals a fresh
-//!   render of the same objects; as root with `nft`, every transaction is also sent to the
+//!   render of the same objects, modulo the slot order under each endpoint map key (the
+//!   agent keeps slots stable, render numbers them in address order: what must match is
+//!   the endpoints under every key, with slots 0..N-1 all present); as root with `nft`, every transaction is also sent to the
 //!   kernel of a network namespace this test creates, which must accept it.
 //!
 //! Budget: `FUZZ_CASES=N` sets the cases of every driver (CI default: a few seconds
@@ -467,8 +469,9 @@ fn slice(i: usize, k: usize, n: usize, v: u16) -> Value {
 
 const NODE: &str = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a","labels":{"topology.kubernetes.io/zone":"zone-a"}},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.10"},{"type":"InternalIP","address":"fd00:192::10"}]}}"#;
 
-/// Runs `steps`; after each, the kept IR must equal a fresh render, and `kernel` (when
-/// given) must accept the transaction.
+/// Runs `steps`; after each, the kept IR must equal a fresh render modulo slot order
+/// (`ruleset::canonical_slots`, which also fails on a key missing a slot), and `kernel`
+/// (when given) must accept the transaction.
 fn run_sequence(steps: &[Step], kernel: Option<&support::Netns>) -> Result<(), TestCaseError> {
     use std::collections::BTreeMap;
     let mut services: BTreeMap<usize, Value> = BTreeMap::new();
@@ -490,7 +493,11 @@ fn run_sequence(steps: &[Step], kernel: Option<&support::Netns>) -> Result<(), T
         objects.sort();
         let update = desired.update(&objects, false);
         let (fresh, _) = render::ruleset(&objects, &opts());
-        if *desired.ruleset() != fresh {
+        let canonical = |rs| {
+            kube_nftproxy::ruleset::canonical_slots(rs)
+                .map_err(|e| TestCaseError::fail(format!("step {n} ({s:?}): {e}")))
+        };
+        if canonical(desired.ruleset())? != canonical(&fresh)? {
             let kept = kube_nftproxy::nft::text::script(desired.ruleset());
             let want = kube_nftproxy::nft::text::script(&fresh);
             return Err(TestCaseError::fail(format!(

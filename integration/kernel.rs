@@ -547,47 +547,206 @@ fn two_endpoints_spread_evenly_among_counts_up_to_500() {
 }
 
 /// Issue 16: a selection that finds no endpoint (here: a slot removed by hand from the
-/// count's map) ends in the chain's drop, never in an un-NATed packet.
+/// count's map) is rejected, never forwarded un-NATed: the selection chain's last rule
+/// counts the miss and marks the packet, and the filter chain of the path it takes
+/// (forward for the pod's ClusterIP connection, input for the NodePort one) rejects it,
+/// so the client sees a refusal at once rather than a timeout. The NodePort case has a
+/// server of its own listening on the node's address and NodePort: an un-NATed packet
+/// would reach it, an un-answered one would time out.
 #[test]
-fn a_selection_miss_is_dropped_not_forwarded() {
+fn a_selection_miss_is_rejected_not_forwarded() {
     if !require_root_and_tools() {
         return;
     }
     let mut c = Cluster::new();
     let eps = [("m1", "10.244.0.51"), ("m2", "10.244.0.52")];
+    let mut servers = Vec::new();
     for (name, ip) in eps {
+        servers.push(c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap());
+    }
+    servers.push(c.node().spawn_tcp_server(NODE_IP, 30072).unwrap());
+    let client = c.add_pod("c", "10.244.0.20");
+    let eps_on: Vec<(&str, &str)> = eps.iter().map(|(_, ip)| (*ip, NODE_A)).collect();
+    let yaml = nodes_yaml()
+        + &service(
+            "miss",
+            "10.96.0.72",
+            "NodePort",
+            &[SvcPort("http", "TCP", 80, "8080", Some(30072))],
+            &[],
+            None,
+        )
+        + &slice("miss", &[("http", "TCP", 8080)], &eps_on);
+    program(c.node(), &yaml, &[]);
+    for (map, key) in [
+        ("service-endpoints-2", "10.96.0.72 . tcp . 80 . 1"),
+        ("nodeport-endpoints-2", "tcp . 30072 . 1"),
+    ] {
+        let elem = format!("{{ {key} }}");
+        let out = c
+            .node()
+            .nft(["delete", "element", "ip", "kube-nftproxy", map, &elem]);
+        assert!(out.status.success(), "{}", out_text(&out));
+    }
+    let mut refused = 0;
+    for (what, from, dst, port) in [
+        ("ClusterIP from a pod", &client, "10.96.0.72", 80),
+        ("NodePort from outside", c.client(), NODE_IP, 30072),
+    ] {
+        let (mut served, mut missed) = (0, 0);
+        for _ in 0..16 {
+            match from.tcp_request(dst, port, TIMEOUT) {
+                Ok(reply) => {
+                    assert_eq!(Identity::parse(&reply).server, "m1", "{what}: {reply}");
+                    served += 1;
+                }
+                Err(e) => {
+                    // Rejected after the selection chain's miss: never forwarded un-NATed
+                    // (nor dropped without an answer).
+                    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{what}: {e}");
+                    missed += 1;
+                }
+            }
+        }
+        assert!(
+            served > 0 && missed > 0,
+            "{what}: served {served}, refused {missed}"
+        );
+        refused += missed;
+    }
+    // The miss rules count what they refuse: at least one SYN per refused connection.
+    let mut packets = 0u64;
+    for chain in ["select-service-endpoints-2", "select-nodeport-endpoints-2"] {
+        let listed = c
+            .node()
+            .exec_ok(["nft", "list", "chain", "ip", "kube-nftproxy", chain]);
+        let line = (listed.lines())
+            .find(|l| l.contains("no endpoint selected"))
+            .unwrap_or_else(|| panic!("no miss rule:\n{listed}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let n: u64 = (words.iter().position(|w| *w == "packets"))
+            .and_then(|i| words.get(i + 1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no counter on the miss rule: {line}"));
+        assert!(n > 0, "{chain}: the miss counter stayed at 0: {line}");
+        packets += n;
+    }
+    assert!(
+        packets >= refused as u64,
+        "the miss counters saw {packets} packets for {refused} refused connections"
+    );
+    drop(servers);
+}
+
+/// Issue 16: the agent keeps endpoints in stable slots. One endpoint of a 3-endpoint
+/// Service replaced, through `Desired` and netlink as the agent syncs: the partial
+/// transaction is one element deleted and one added, the new endpoint takes the old one's
+/// slot (not address order), the kernel holds slots 0..2, and connections spread evenly
+/// over the three endpoints.
+#[test]
+fn a_replaced_endpoint_takes_its_slot_and_the_spread_stays_even() {
+    use kube_nftproxy::agent::desired::Desired;
+    use kube_nftproxy::model::options::Options;
+    use kube_nftproxy::nft::netlink;
+    use kube_nftproxy::objects::input::ClusterObjects;
+    use kube_nftproxy::ruleset::tx::Op;
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let pods = [
+        ("s1", "10.244.0.81"),
+        ("s2", "10.244.0.82"),
+        ("s3", "10.244.0.83"),
+        ("s4", "10.244.0.84"),
+    ];
+    for (name, ip) in pods {
         c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
     }
     let client = c.add_pod("c", "10.244.0.20");
-    let yaml =
-        nodes_yaml() + &http_service("miss", "10.96.0.72", &eps.map(|(_, ip)| (ip, NODE_A)), &[]);
-    program(c.node(), &yaml, &[]);
-    let out = c.node().nft([
-        "delete",
-        "element",
+    let objects = |eps: &[&str]| {
+        let eps: Vec<(&str, &str)> = eps.iter().map(|ip| (*ip, NODE_A)).collect();
+        let yaml = nodes_yaml() + &http_service("slots", "10.96.0.81", &eps, &[]);
+        let mut o = ClusterObjects::default();
+        o.add_text("slots", &yaml, &mut vec![]).unwrap();
+        o.sort();
+        o
+    };
+    let opts = Options {
+        hostname: "node-a".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        ..Options::default()
+    };
+    let mut desired = Desired::new(opts);
+    let mut sync = |o: &ClusterObjects| {
+        let u = desired.update(o, false);
+        let rs = desired.ruleset().clone();
+        c.node()
+            .run_in(|| {
+                let extra = netlink::obsolete_tables(&rs);
+                let decls = netlink::SetDecls::from_ruleset(&rs);
+                netlink::apply_with(&u.tx, &extra, &decls, Some(&rs)).map(|_| ())
+            })
+            .unwrap_or_else(|e| panic!("kernel refused: {e:?}"));
+        u
+    };
+    assert!(sync(&objects(&["10.244.0.81", "10.244.0.82", "10.244.0.83"])).full);
+    // s2 (slot 1) is replaced by s4, which sorts last: address order would put it in slot
+    // 2 and move s3 to slot 1.
+    let u = sync(&objects(&["10.244.0.81", "10.244.0.83", "10.244.0.84"]));
+    assert!(!u.full);
+    let elems: Vec<String> = (u.tx.ops.iter())
+        .flat_map(|op| match op {
+            Op::AddElements { set, elements, .. } => elements
+                .iter()
+                .map(|e| format!("+{set} {:?}", e.key))
+                .collect(),
+            Op::DeleteElements { set, elements, .. } => elements
+                .iter()
+                .map(|e| format!("-{set} {:?}", e.key))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    // The pods run on this node, so their hairpin elements change too; in the endpoint
+    // map, one slot.
+    let (in_map, other): (Vec<&String>, Vec<&String>) = elems
+        .iter()
+        .partition(|e| e[1..].starts_with("service-endpoints-3 "));
+    assert_eq!(in_map.len(), 2, "one delete and one add: {elems:?}");
+    assert!(
+        other
+            .iter()
+            .all(|e| e[1..].starts_with("hairpin-connections ")),
+        "{elems:?}"
+    );
+    let listed = c.node().exec_ok([
+        "nft",
+        "list",
+        "map",
         "ip",
         "kube-nftproxy",
-        "service-endpoints-2",
-        "{ 10.96.0.72 . tcp . 80 . 1 }",
+        "service-endpoints-3",
     ]);
-    assert!(out.status.success(), "{}", out_text(&out));
-    let (mut served, mut refused) = (0, 0);
-    for _ in 0..16 {
-        match client.tcp_request("10.96.0.72", 80, DROP_TIMEOUT) {
-            Ok(reply) => {
-                assert_eq!(Identity::parse(&reply).server, "m1", "{reply}");
-                served += 1;
-            }
-            Err(e) => {
-                // Dropped by the selection chain's last rule: never forwarded un-NATed.
-                assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
-                refused += 1;
-            }
-        }
+    let flat = listed.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (slot, ep) in [(0, "10.244.0.81"), (1, "10.244.0.84"), (2, "10.244.0.83")] {
+        let want = format!("10.96.0.81 . tcp . 80 . {slot} : {ep} . 8080");
+        assert!(flat.contains(&want), "want {want} in:\n{listed}");
+    }
+    let got = ids(
+        &client.tcp_requests("10.96.0.81", 80, 300, TIMEOUT),
+        "pod c after the replacement",
+    );
+    let n = counts(&got);
+    for name in ["s1", "s3", "s4"] {
+        let k = n.get(name).copied().unwrap_or(0);
+        assert!(
+            (60..=141).contains(&k),
+            "endpoint {name} got {k}/300 connections, want 20..47 %: {n:?}"
+        );
     }
     assert!(
-        served > 0 && refused > 0,
-        "served {served}, dropped {refused}"
+        !n.contains_key("s2"),
+        "the replaced endpoint still serves: {n:?}"
     );
 }
 

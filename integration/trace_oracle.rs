@@ -113,9 +113,9 @@ enum Want {
     ServedAnySource(&'static [&'static str]),
     Refused,
     Dropped,
-    /// Some connections served by exactly these endpoints, the others dropped (the kernel
+    /// Some connections served by exactly these endpoints, the others refused (the kernel
     /// test does not check the source).
-    ServedOrDropped(&'static [&'static str]),
+    ServedOrRefused(&'static [&'static str]),
 }
 
 struct Flow {
@@ -277,7 +277,7 @@ fn check_full(
         let got = match fates.iter().copied().collect::<Vec<_>>().as_slice() {
             ["served"] => {
                 let want_eps: BTreeSet<String> = match &f.want {
-                    Want::Served(e, _) | Want::ServedAnySource(e) | Want::ServedOrDropped(e) => {
+                    Want::Served(e, _) | Want::ServedAnySource(e) | Want::ServedOrRefused(e) => {
                         e.iter().map(|s| s.to_string()).collect()
                     }
                     _ => BTreeSet::new(),
@@ -286,7 +286,7 @@ fn check_full(
                     Want::Served(_, m) => masq == BTreeSet::from([*m]),
                     _ => true,
                 };
-                let served_only = !matches!(f.want, Want::ServedOrDropped(_));
+                let served_only = !matches!(f.want, Want::ServedOrRefused(_));
                 if eps == want_eps && masq_ok && served_only {
                     continue;
                 }
@@ -294,13 +294,13 @@ fn check_full(
             }
             ["refused"] if f.want == Want::Refused => continue,
             ["dropped"] if f.want == Want::Dropped => continue,
-            ["dropped", "served"] => match &f.want {
-                Want::ServedOrDropped(e)
+            ["refused", "served"] => match &f.want {
+                Want::ServedOrRefused(e)
                     if eps == e.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>() =>
                 {
                     continue
                 }
-                _ => format!("served by {eps:?} or dropped"),
+                _ => format!("served by {eps:?} or refused"),
             },
             other => format!("{other:?}"),
         };
@@ -829,39 +829,99 @@ fn trace_predicts_every_kernel_flow() {
         )],
     ));
 
-    // 13. a_selection_miss_is_dropped_not_forwarded: the test deletes slot 1 of the
-    // Service's entry in service-endpoints-2 by hand; traced on the IR without it.
-    let t = "a_selection_miss_is_dropped_not_forwarded";
+    // 13. a_selection_miss_is_rejected_not_forwarded: the test deletes slot 1 of the
+    // Service's entries in service-endpoints-2 and nodeport-endpoints-2 by hand; traced on
+    // the IR without them.
+    let t = "a_selection_miss_is_rejected_not_forwarded";
     failures.extend(check_edited(
         &(nodes_yaml()
-            + &http_service(
+            + &service(
                 "miss",
                 "10.96.0.72",
+                "NodePort",
+                &[SvcPort("http", "TCP", 80, "8080", Some(30072))],
+                &[],
+                None,
+            )
+            + &slice(
+                "miss",
+                &[("http", "TCP", 8080)],
                 &[("10.244.0.51", NODE_A), ("10.244.0.52", NODE_A)],
+            )),
+        &[
+            flow(
+                t,
+                "ClusterIP from a pod, slot 1 deleted",
+                Pod,
+                "10.244.0.20",
+                "10.96.0.72",
+                80,
+                ServedOrRefused(&["10.244.0.51:8080"]),
+            ),
+            flow(
+                t,
+                "NodePort from outside, slot 1 deleted",
+                External,
+                CLIENT_IP,
+                NODE_IP,
+                30072,
+                ServedOrRefused(&["10.244.0.51:8080"]),
+            ),
+        ],
+        |rs| {
+            use ruleset::ir::Value;
+            for (name, key) in [
+                (
+                    "service-endpoints-2",
+                    vec![
+                        Value::Addr(ip("10.96.0.72")),
+                        Value::Proto(Proto::Tcp),
+                        Value::Port(80),
+                        Value::Slot(1),
+                    ],
+                ),
+                (
+                    "nodeport-endpoints-2",
+                    vec![Value::Proto(Proto::Tcp), Value::Port(30072), Value::Slot(1)],
+                ),
+            ] {
+                let map = (rs.tables[0].sets.iter_mut())
+                    .find(|s| s.name == name)
+                    .unwrap_or_else(|| panic!("the map {name}"));
+                assert!(
+                    map.elements.remove(&key).is_some(),
+                    "slot 1 was programmed in {name}"
+                );
+            }
+        },
+    ));
+
+    // 13b. a_replaced_endpoint_takes_its_slot_and_the_spread_stays_even: the agent's
+    // Desired programs the Service with s1..s3, then with s2 replaced by s4; the kernel
+    // holds the second state (slots in another order than a fresh render, the same
+    // endpoints per key), and pod c reaches s1, s3 and s4.
+    let t = "a_replaced_endpoint_takes_its_slot_and_the_spread_stays_even";
+    failures.extend(check(
+        &(nodes_yaml()
+            + &http_service(
+                "slots",
+                "10.96.0.81",
+                &[
+                    ("10.244.0.81", NODE_A),
+                    ("10.244.0.83", NODE_A),
+                    ("10.244.0.84", NODE_A),
+                ],
                 &[],
             )),
         &[flow(
             t,
-            "pod c with slot 1 deleted",
+            "pod c after s2 was replaced by s4",
             Pod,
             "10.244.0.20",
-            "10.96.0.72",
+            "10.96.0.81",
             80,
-            ServedOrDropped(&["10.244.0.51:8080"]),
+            ServedAnySource(&["10.244.0.81:8080", "10.244.0.83:8080", "10.244.0.84:8080"]),
         )],
-        |rs| {
-            use ruleset::ir::Value;
-            let map = (rs.tables[0].sets.iter_mut())
-                .find(|s| s.name == "service-endpoints-2")
-                .expect("the count-2 endpoint map");
-            let key = vec![
-                Value::Addr(ip("10.96.0.72")),
-                Value::Proto(Proto::Tcp),
-                Value::Port(80),
-                Value::Slot(1),
-            ];
-            assert!(map.elements.remove(&key).is_some(), "slot 1 was programmed");
-        },
     ));
 
     // 14. a_shared_external_ip_serves_the_winner_only: b with 3, then 2 endpoints.

@@ -3,7 +3,8 @@
 //! out the same `Arc` for an object that did not change, so a pointer comparison finds the
 //! Services to rebuild. Only their fragments (set elements and chains) are recomputed and
 //! diffed, and the result is replayed on the kept IR, which therefore always equals what a
-//! full build of the same objects gives (a test checks this). Anything that is not one
+//! full build of the same objects gives, up to the order of the endpoint slots under each
+//! key (the agent keeps slots stable; tests check this). Anything that is not one
 //! Service's business (node, families, CIDRs) changing, or two Services claiming one key
 //! with different data, falls back to a full rebuild.
 
@@ -17,7 +18,9 @@ use crate::objects::{EndpointSlice, Endpoints, Meta, Object, Service};
 use crate::ruleset::diff;
 use crate::ruleset::ir::{ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
-use crate::ruleset::{assemble, fragment, selection_chains, table_sets, Fragment, SlotCounts};
+use crate::ruleset::{
+    assemble, fragment, selection_chains, table_sets, Fragment, SlotCounts, SlotOrders,
+};
 use crate::vocab::Note;
 
 /// The objects of the last update, sorted as `ClusterObjects::sort` sorts them, and the
@@ -210,6 +213,13 @@ pub struct Desired {
     /// claims or releases one of these keys takes a full rebuild; every other change stays
     /// partial (one conflict must not put the node into full-sync mode).
     conflicts: HashSet<ClaimKey>,
+    /// Where each Service's endpoints sit in the endpoint maps, per family: handed back to
+    /// the builder so an endpoint keeps its slot while it exists (one endpoint replaced is
+    /// one element changed per key, not every slot renumbered), through partial and full
+    /// syncs alike. With these the old fragment of a Service is rebuilt exactly as the kept
+    /// IR holds it. The kept IR therefore equals a fresh render up to the order of the
+    /// slots under each key (`ruleset::canonical_slots`).
+    orders: HashMap<(Family, SvcKey), SlotOrders>,
     ruleset: Ruleset,
 }
 
@@ -226,6 +236,7 @@ impl Desired {
             extra_claims: HashMap::new(),
             slots: HashMap::new(),
             conflicts: HashSet::new(),
+            orders: HashMap::new(),
             ruleset: Ruleset::default(),
         }
     }
@@ -308,12 +319,18 @@ impl Desired {
         let mut extra_claims: HashMap<ClaimKey, u32> = HashMap::new();
         let mut slots: HashMap<(Family, &'static str, u32), u32> = HashMap::new();
         let mut conflicts = HashSet::new();
+        let mut orders = HashMap::new();
         let mut tables = Vec::new();
         for &f in &globals.families {
-            let fragments: Vec<Fragment> = services
-                .values()
-                .map(|ports| fragment(&globals, f, ports))
-                .collect();
+            let mut fragments: Vec<Fragment> = Vec::with_capacity(services.len());
+            for (key, ports) in &services {
+                let k = (f, key.clone());
+                let mut fr = fragment(&globals, f, ports, self.orders.get(&k));
+                if !fr.orders.is_empty() {
+                    orders.insert(k, std::mem::take(&mut fr.orders));
+                }
+                fragments.push(fr);
+            }
             for (map, n) in fragments.iter().flat_map(|fr| fr.slots.iter()) {
                 *slots.entry((f, map, *n)).or_default() += 1;
             }
@@ -330,6 +347,7 @@ impl Desired {
         self.extra_claims = extra_claims;
         self.slots = slots;
         self.conflicts = conflicts;
+        self.orders = orders;
         self.globals = Some(globals);
         Update {
             tx: diff::full_by_reference(&self.ruleset),
@@ -360,17 +378,23 @@ impl Desired {
         }
 
         let mut tx = Transaction::default();
+        let mut orders = Vec::new();
         for &f in &globals.families {
+            // Both sides start from the slot orders the kept IR has: the old fragment is
+            // then exactly what the IR holds, the new one moves as few slots as it can.
+            let prev = |k: &SvcKey| self.orders.get(&(f, k.clone()));
             let old: Vec<Fragment> = changed
                 .iter()
-                .filter_map(|(k, _)| self.services.get(k))
-                .map(|ports| fragment(globals, f, ports))
+                .filter_map(|(k, _)| Some(fragment(globals, f, self.services.get(k)?, prev(k))))
                 .collect();
-            let new: Vec<Fragment> = changed
-                .iter()
-                .filter_map(|(_, e)| e.as_ref())
-                .map(|ports| fragment(globals, f, ports))
-                .collect();
+            let mut new: Vec<Fragment> = Vec::new();
+            for (k, ports) in &changed {
+                if let Some(ports) = ports {
+                    let mut fr = fragment(globals, f, ports, prev(k));
+                    orders.push(((f, k.clone()), std::mem::take(&mut fr.orders)));
+                    new.push(fr);
+                }
+            }
             let table = self.ruleset.tables.iter().find(|t| t.family == f)?;
             let shape = Table {
                 family: table.family,
@@ -394,6 +418,13 @@ impl Desired {
             tracing::error!(error = %e, "partial transaction does not fit the kept IR; full sync");
             return None;
         }
+        for &f in &globals.families {
+            for (k, _) in &changed {
+                self.orders.remove(&(f, k.clone()));
+            }
+        }
+        self.orders
+            .extend(orders.into_iter().filter(|(_, o)| !o.is_empty()));
 
         let mut before = globals.clone();
         let mut after = globals.clone();
@@ -482,9 +513,12 @@ impl Desired {
         let counts_after = self.slot_counts(f);
         if counts_before != counts_after {
             // A count coming into use brings its endpoint map and chain; one going out of
-            // use takes them away.
-            before.chains.extend(selection_chains(&counts_before));
-            after.chains.extend(selection_chains(&counts_after));
+            // use takes them away. (A partial sync runs only with unchanged globals, so the
+            // masquerade mark, and with it the miss mark, is the kept IR's.)
+            let mark = (self.globals.as_ref()).map_or(0, |g| g.masquerade_mark);
+            let miss = crate::ruleset::miss_mark(mark);
+            before.chains.extend(selection_chains(&counts_before, miss));
+            after.chains.extend(selection_chains(&counts_after, miss));
             after.sets = table_sets(&counts_after);
         }
         for ((set, key), (was, count, data)) in touched {
@@ -652,20 +686,31 @@ mod tests {
         out
     }
 
+    /// `rs` with each endpoint map key's slots in value order; fails unless every key of
+    /// `…-endpoints-N` has exactly slots 0..N-1.
+    fn canonical(rs: &Ruleset) -> Ruleset {
+        crate::ruleset::canonical_slots(rs).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The kept IR is compared with a fresh render modulo the slot order under each key:
+    /// the agent keeps endpoints in their slots (stable slots) where render numbers them in
+    /// address order. What must hold is the same endpoints under every key, in slots
+    /// 0..N-1 all present, and everything else equal. The replayed transaction must give
+    /// the kept IR exactly.
     fn check(d: &mut Desired, o: &ClusterObjects, expect_full: bool) -> Update {
         let before = d.ruleset().clone();
         let u = d.update(o, false);
         let (rendered, _) = crate::ruleset::render::ruleset(o, &opts());
         assert_eq!(
-            d.ruleset(),
-            &rendered,
+            canonical(d.ruleset()),
+            canonical(&rendered),
             "kept IR differs from a fresh render"
         );
         assert_eq!(u.full, expect_full);
         if !u.full {
             let mut replayed = before;
             replay(&mut replayed, &u.tx).unwrap();
-            assert_eq!(replayed, rendered);
+            assert_eq!(&replayed, d.ruleset());
         }
         u
     }
@@ -762,6 +807,195 @@ mod tests {
             .any(|op| matches!(op, Op::AddSet { set, .. } if set.name == "service-endpoints-4")));
     }
 
+    /// A LoadBalancer Service with a NodePort, an external IP and a load-balancer IP: four
+    /// keys (ClusterIP, external IP, LB IP, NodePort) in the endpoint maps.
+    fn lb_service() -> Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s0", "namespace": "ns"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.1",
+                     "externalIPs": ["198.51.100.7"],
+                     "ports": [{"name": "p", "port": 80, "protocol": "TCP",
+                                "targetPort": 8080, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}}})
+    }
+
+    /// Endpoints `1, 3, 5, ...`: odd, so on node-b (no hairpin elements change).
+    fn odd(n: usize) -> Vec<usize> {
+        (0..n).map(|i| 2 * i + 1).collect()
+    }
+
+    /// The endpoint addresses under `key` in map `set`, by slot.
+    fn slots_of(d: &Desired, set: &str, key: &[crate::ruleset::ir::Value]) -> Vec<String> {
+        let t = &d.ruleset().tables[0];
+        let s = t.set(set).unwrap_or_else(|| panic!("no set {set}"));
+        let mut out: Vec<(u32, String)> = (s.elements.iter())
+            .filter(|(k, _)| k.starts_with(key) && k.len() == key.len() + 1)
+            .map(|(k, data)| {
+                let Some(crate::ruleset::ir::Value::Slot(n)) = k.last() else {
+                    panic!("{k:?}")
+                };
+                let Some(ElementData::Values(v)) = data else {
+                    panic!("{data:?}")
+                };
+                (*n, v[0].to_string())
+            })
+            .collect();
+        out.sort();
+        let slots: Vec<u32> = out.iter().map(|x| x.0).collect();
+        assert_eq!(slots, (0..slots.len() as u32).collect::<Vec<_>>());
+        out.into_iter().map(|x| x.1).collect()
+    }
+
+    fn cluster_ip_key() -> Vec<crate::ruleset::ir::Value> {
+        use crate::ruleset::ir::Value as V;
+        vec![
+            V::Addr("10.96.0.1".parse().unwrap()),
+            V::Proto(crate::vocab::Proto::Tcp),
+            V::Port(80),
+        ]
+    }
+
+    /// (set, element key) of every element op in `tx`, with `+` for an add, `-` for a
+    /// delete.
+    fn element_ops(tx: &Transaction) -> Vec<(char, String, Vec<crate::ruleset::ir::Value>)> {
+        let mut out = Vec::new();
+        for op in &tx.ops {
+            match op {
+                Op::AddElements { set, elements, .. } => {
+                    out.extend(elements.iter().map(|e| ('+', set.clone(), e.key.clone())))
+                }
+                Op::DeleteElements { set, elements, .. } => {
+                    out.extend(elements.iter().map(|e| ('-', set.clone(), e.key.clone())))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn replacing_one_endpoint_is_one_delete_and_one_add_per_key() {
+        let o = objects_of(&[node("192.168.0.10"), lb_service(), slice(0, &odd(10))]);
+        let mut d = Desired::new(opts());
+        check(&mut d, &o, true);
+        let before = slots_of(&d, "service-endpoints-10", &cluster_ip_key());
+        // An endpoint in the middle is replaced by one sorting last: address order would
+        // shift every slot after it.
+        let mut eps = odd(10);
+        eps[5] = 99;
+        let o2 = with(&o, &[slice(0, &eps)]);
+        let u = check(&mut d, &o2, false);
+        let ops = element_ops(&u.tx);
+        assert!(
+            u.tx.ops
+                .iter()
+                .all(|op| matches!(op, Op::AddElements { .. } | Op::DeleteElements { .. })),
+            "{:#?}",
+            u.tx
+        );
+        // 4 keys (ClusterIP, external IP, LB IP, NodePort) x (one delete + one add), all
+        // at the slot the replaced endpoint had.
+        assert_eq!(ops.len(), 8, "{ops:#?}");
+        let gone = before
+            .iter()
+            .position(|a| a == "10.244.1.11")
+            .expect("endpoint 11 was there") as u32;
+        for (sign, set, key) in &ops {
+            assert!(
+                set == "service-endpoints-10" || set == "nodeport-endpoints-10",
+                "{sign}{set}"
+            );
+            assert_eq!(
+                key.last(),
+                Some(&crate::ruleset::ir::Value::Slot(gone)),
+                "{ops:#?}"
+            );
+        }
+        for sign in ['+', '-'] {
+            let keys: std::collections::BTreeSet<_> = (ops.iter())
+                .filter(|o| o.0 == sign)
+                .map(|o| (&o.1, &o.2))
+                .collect();
+            assert_eq!(keys.len(), 4, "{sign}: {ops:#?}");
+        }
+        let after = slots_of(&d, "service-endpoints-10", &cluster_ip_key());
+        for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+            if i as u32 == gone {
+                assert_eq!(b, "10.244.1.99");
+            } else {
+                assert_eq!(a, b, "slot {i} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn removing_an_endpoint_moves_the_last_slot_into_its_hole() {
+        let o = objects_of(&[node("192.168.0.10"), lb_service(), slice(0, &odd(10))]);
+        let mut d = Desired::new(opts());
+        check(&mut d, &o, true);
+        let before = slots_of(&d, "service-endpoints-10", &cluster_ip_key());
+        // The endpoint in slot 3 goes away.
+        let addr = |e: &usize| format!("10.244.1.{e}");
+        let mut eps = odd(10);
+        eps.retain(|e| addr(e) != before[3]);
+        assert_eq!(eps.len(), 9);
+        check(&mut d, &with(&o, &[slice(0, &eps)]), false);
+        let after = slots_of(&d, "service-endpoints-9", &cluster_ip_key());
+        let mut want = before.clone();
+        want.swap_remove(3);
+        assert_eq!(after, want);
+        // The NodePort key has the same slots.
+        use crate::ruleset::ir::Value as V;
+        let np = [V::Proto(crate::vocab::Proto::Tcp), V::Port(30080)];
+        assert_eq!(slots_of(&d, "nodeport-endpoints-9", &np), want);
+        // The one in the last slot removed: nothing else moves.
+        eps.retain(|e| Some(&addr(e)) != want.last());
+        assert_eq!(eps.len(), 8);
+        check(&mut d, &with(&o, &[slice(0, &eps)]), false);
+        want.pop();
+        assert_eq!(slots_of(&d, "service-endpoints-8", &cluster_ip_key()), want);
+    }
+
+    #[test]
+    fn an_added_endpoint_appends_and_fills_holes_first() {
+        let o = objects_of(&[node("192.168.0.10"), lb_service(), slice(0, &odd(10))]);
+        let mut d = Desired::new(opts());
+        check(&mut d, &o, true);
+        let before = slots_of(&d, "service-endpoints-10", &cluster_ip_key());
+        // 97 sorts before most of the others: it still goes last.
+        let mut eps = odd(10);
+        eps.push(97);
+        let o2 = with(&o, &[slice(0, &eps)]);
+        check(&mut d, &o2, false);
+        let mut want = before.clone();
+        want.push("10.244.1.97".into());
+        assert_eq!(
+            slots_of(&d, "service-endpoints-11", &cluster_ip_key()),
+            want
+        );
+        // Two replaced by three: the two holes are filled (in address order), the third
+        // appends; everything else stays.
+        let mut eps2 = eps.clone();
+        eps2.retain(|e| *e != 3 && *e != 13);
+        eps2.extend([51, 41, 61]);
+        check(&mut d, &with(&o2, &[slice(0, &eps2)]), false);
+        let after = slots_of(&d, "service-endpoints-12", &cluster_ip_key());
+        let hole = |a: &str| want.iter().position(|w| w == a).unwrap();
+        let mut want2 = want.clone();
+        let (h1, h2) = (hole("10.244.1.3"), hole("10.244.1.13"));
+        want2[h1.min(h2)] = "10.244.1.41".into();
+        want2[h1.max(h2)] = "10.244.1.51".into();
+        want2.push("10.244.1.61".into());
+        assert_eq!(after, want2);
+        // A full rebuild (the node changes) keeps the slots too.
+        let o3 = with(&with(&o2, &[slice(0, &eps2)]), &[node("192.168.0.11")]);
+        check(&mut d, &o3, true);
+        assert_eq!(
+            slots_of(&d, "service-endpoints-12", &cluster_ip_key()),
+            want2
+        );
+    }
+
     #[test]
     fn every_kind_of_change_keeps_the_ir_equal_to_a_fresh_render() {
         let (mut d, mut o) = start(12);
@@ -828,8 +1062,9 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
-        /// Any sequence of changes leaves the kept IR equal to a fresh render, and every
-        /// partial transaction replays onto the previous IR.
+        /// Any sequence of changes leaves the kept IR equal to a fresh render (modulo the
+        /// slot order under each endpoint map key, see `check`), and every partial
+        /// transaction replays onto the previous IR to give the kept IR.
         #[test]
         fn random_change_sequences_match_a_fresh_render(
             steps in proptest::collection::vec(
@@ -850,11 +1085,11 @@ mod tests {
                 let before = d.ruleset().clone();
                 let u = d.update(&next, false);
                 let (rendered, _) = crate::ruleset::render::ruleset(&next, &opts());
-                proptest::prop_assert_eq!(d.ruleset(), &rendered);
+                proptest::prop_assert_eq!(canonical(d.ruleset()), canonical(&rendered));
                 if !u.full {
                     let mut replayed = before;
                     replay(&mut replayed, &u.tx).unwrap();
-                    proptest::prop_assert_eq!(&replayed, &rendered);
+                    proptest::prop_assert_eq!(&replayed, d.ruleset());
                 }
                 o = next;
             }

@@ -979,6 +979,15 @@ impl<'t> Parser<'t> {
                 self.keyword("local")?;
                 Item::Expr(Expr::FibLocal(a))
             }
+            "counter" => {
+                // As nft lists it, with counts (ignored: the IR holds none), or bare.
+                if self.eat("packets") {
+                    self.number::<u64>()?;
+                    self.keyword("bytes")?;
+                    self.number::<u64>()?;
+                }
+                Item::Expr(Expr::Counter)
+            }
             "numgen" => {
                 self.keyword("random")?;
                 self.keyword("mod")?;
@@ -1280,6 +1289,7 @@ mod tests {
                     Expr::MarkSet(0x4000),
                     Expr::MarkOr(1),
                     Expr::MarkXor(0x8000_0000),
+                    Expr::Counter,
                     Expr::UpdateAffinity {
                         map: "m".into(),
                         key: vec![Saddr, Dport],

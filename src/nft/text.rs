@@ -440,6 +440,7 @@ fn expr(f: Family, e: &Expr) -> String {
         Expr::MarkSet(m) => format!("meta mark & {} != {}", mark(*m), mark(0)),
         Expr::MarkOr(m) => format!("meta mark set meta mark | {}", mark(*m)),
         Expr::MarkXor(m) => format!("meta mark set meta mark ^ {}", mark(*m)),
+        Expr::Counter => "counter packets 0 bytes 0".into(),
         Expr::UpdateAffinity {
             map,
             key: k,

@@ -28,6 +28,104 @@ const KINDS: [(&str, &str, &[Field]); 4] = [
 /// Endpoint counts in use, per endpoint map kind: each count has a map and a chain.
 pub type SlotCounts = BTreeMap<&'static str, BTreeSet<u32>>;
 
+/// Which endpoint list of a Service port a slot order is for: protocol, port, and whether
+/// it is the node-local list (Local traffic policies) rather than the cluster-wide one.
+/// Every entry key of the port (ClusterIP, external and load-balancer IPs, NodePort) uses
+/// the same list, so one order serves all of them.
+pub type SlotOrderKey = (Proto, u16, bool);
+
+/// Where one Service's endpoints sit in the endpoint maps, per port and list: the
+/// endpoints (address, port) in slot order. The agent keeps these between syncs and hands
+/// them back to `fragment`, so an endpoint keeps its slot while it exists (see
+/// `stable_order`); `render` has none and numbers slots in endpoint address order.
+pub type SlotOrders = BTreeMap<SlotOrderKey, Box<[(IpAddr, u16)]>>;
+
+/// The slot order of `eps` (sorted by address) given the previous order `prev`: an
+/// endpoint still present keeps its slot; new endpoints fill the holes removed ones left
+/// (lowest first, in address order) and then append; when more were removed than added,
+/// each remaining hole takes the last slot's endpoint. So one endpoint replaced changes one
+/// slot, one removed changes two (the hole and the last), one added appends one, and the
+/// order of an unchanged list is `prev` itself. Without `prev`: address order.
+pub fn stable_order<'e>(prev: Option<&[(IpAddr, u16)]>, eps: &[&'e Endpoint]) -> Vec<&'e Endpoint> {
+    let Some(prev) = prev else {
+        return eps.to_vec();
+    };
+    let index: std::collections::HashMap<(IpAddr, u16), usize> = (eps.iter().enumerate())
+        .map(|(i, e)| ((e.ip, e.port), i))
+        .collect();
+    let mut taken = vec![false; eps.len()];
+    let mut slots: Vec<Option<usize>> = Vec::with_capacity(prev.len().max(eps.len()));
+    for id in prev {
+        let at = index.get(id).copied().filter(|i| !taken[*i]);
+        if let Some(i) = at {
+            taken[i] = true;
+        }
+        slots.push(at);
+    }
+    let mut fresh = (0..eps.len()).filter(|i| !taken[*i]);
+    for s in slots.iter_mut().filter(|s| s.is_none()) {
+        *s = fresh.next();
+    }
+    slots.extend(fresh.map(Some));
+    let mut i = 0;
+    while i < slots.len() {
+        if slots[i].is_none() {
+            while matches!(slots.last(), Some(None)) {
+                slots.pop();
+            }
+            if i < slots.len() {
+                slots.swap_remove(i);
+            }
+        }
+        i += 1;
+    }
+    slots.into_iter().flatten().map(|i| eps[i]).collect()
+}
+
+/// `rs` with the slots of every key in every endpoint map renumbered so that the values
+/// are in sorted order: two tables that put the same endpoints under each key, in any slot
+/// order, become equal. Fails when a key of `…-endpoints-N` does not hold exactly slots
+/// 0..N-1, the property selection relies on (every draw of `numgen random mod N` hits).
+/// For tests comparing the agent's kept IR (stable slots) with a fresh render.
+pub fn canonical_slots(rs: &Ruleset) -> Result<Ruleset, String> {
+    let mut out = rs.clone();
+    for t in &mut out.tables {
+        for s in &mut t.sets {
+            let Some(n) = KINDS.iter().find_map(|(kind, _, _)| {
+                let rest = s.name.strip_prefix(kind)?.strip_prefix('-')?;
+                rest.parse::<u32>().ok()
+            }) else {
+                continue;
+            };
+            let mut by_key: BTreeMap<Vec<Value>, Vec<(u32, Option<ElementData>)>> = BTreeMap::new();
+            for (k, data) in std::mem::take(&mut s.elements) {
+                let Some((Value::Slot(slot), key)) = k.split_last() else {
+                    return Err(format!("{}: element {k:?} has no slot", s.name));
+                };
+                by_key.entry(key.to_vec()).or_default().push((*slot, data));
+            }
+            for (key, mut vals) in by_key {
+                let mut slots: Vec<u32> = vals.iter().map(|v| v.0).collect();
+                slots.sort_unstable();
+                if slots != (0..n).collect::<Vec<_>>() {
+                    return Err(format!(
+                        "{}: key {} has slots {slots:?}",
+                        s.name,
+                        concat_text(&key)
+                    ));
+                }
+                vals.sort_by(|a, b| a.1.cmp(&b.1));
+                for (i, (_, data)) in vals.into_iter().enumerate() {
+                    let mut k = key.clone();
+                    k.push(Value::Slot(i as u32));
+                    s.elements.insert(k, data);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Interned names, so claims can keep naming sets with `&'static str`: one string per
 /// (kind, count) ever used by this process, a few hundred at most in practice.
 fn interned(prefix: &'static str, kind: &'static str, n: u32) -> &'static str {
@@ -54,11 +152,12 @@ pub fn select_chain(kind: &'static str, n: u32) -> &'static str {
     interned("select-", kind, n)
 }
 
-/// The per-count chains: one `dnat ... numgen random mod N map @<kind>-N` each, then a
-/// reject for a miss (an entry always has all N slots, so that is never reached unless
-/// the maps are inconsistent). Each endpoint map is bound by exactly one rule, so the
-/// kernel validates its elements once (see rules/README.md).
-pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
+/// The per-count chains: one `dnat ... numgen random mod N map @<kind>-N` each, then the
+/// miss rule marking the packet with `miss` for the filter chains to reject (an entry
+/// always has all N slots, so that is never reached unless the maps are inconsistent).
+/// Each endpoint map is bound by exactly one rule, so the kernel validates its elements
+/// once (see rules/README.md).
+pub fn selection_chains(counts: &SlotCounts, miss: u32) -> Vec<Chain> {
     let mut out = Vec::new();
     for (kind, _, key) in KINDS {
         for n in counts.get(kind).into_iter().flatten() {
@@ -75,7 +174,7 @@ pub fn selection_chains(counts: &SlotCounts) -> Vec<Chain> {
                             map: count_map(kind, *n).to_string(),
                         }),
                     ),
-                    reject_miss(),
+                    reject_miss(miss),
                 ],
             ));
         }
@@ -117,7 +216,7 @@ pub fn build(m: &Model) -> (Ruleset, Vec<Note>) {
             let fragments = m
                 .services
                 .chunk_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name))
-                .map(|ports| fragment(m, *f, ports))
+                .map(|ports| fragment(m, *f, ports, None))
                 .collect();
             assemble(m, *f, fragments, &mut notes).table
         })
@@ -145,11 +244,22 @@ pub struct Fragment {
     pub chains: Vec<Chain>,
     /// One (endpoint map, endpoint count) per Service IP or NodePort entered in one.
     pub slots: Vec<(&'static str, u32)>,
+    /// The slot order of each endpoint list entered in the endpoint maps.
+    pub orders: SlotOrders,
 }
 
 /// The fragment of one Service: `ports` are all its ports (one `ServicePort` each).
-pub fn fragment(m: &Model, f: Family, ports: &[ServicePort]) -> Fragment {
+/// `prev` is the slot order the Service's endpoints had (the agent's; `None` numbers
+/// slots in address order): given the orders this returned for the same ports, the
+/// fragment is the same again.
+pub fn fragment(
+    m: &Model,
+    f: Family,
+    ports: &[ServicePort],
+    prev: Option<&SlotOrders>,
+) -> Fragment {
     let mut b = TableBuilder::new(m, f);
+    b.prev = prev;
     for sp in ports {
         b.service_port(sp);
     }
@@ -161,6 +271,7 @@ pub fn fragment(m: &Model, f: Family, ports: &[ServicePort]) -> Fragment {
         claims: b.claims,
         chains: b.chains,
         slots: b.slots,
+        orders: b.orders,
     }
 }
 
@@ -260,6 +371,8 @@ struct TableBuilder<'a> {
     chains: Vec<Chain>,
     slots: Vec<(&'static str, u32)>,
     slot_counts: SlotCounts,
+    prev: Option<&'a SlotOrders>,
+    orders: SlotOrders,
 }
 
 fn regular(name: &str, rules: Vec<Rule>) -> Chain {
@@ -305,7 +418,30 @@ impl<'a> TableBuilder<'a> {
             chains: Vec::new(),
             slots: Vec::new(),
             slot_counts: SlotCounts::new(),
+            prev: None,
+            orders: SlotOrders::new(),
         }
+    }
+
+    /// The slot order of one endpoint list of `sp` (see `stable_order`), remembered for
+    /// the next sync. A second port with the same protocol and port (the API forbids it)
+    /// gets address order and is not remembered, so rebuilding with the returned orders
+    /// gives the same fragment.
+    fn ordered<'e>(
+        &mut self,
+        sp: &ServicePort,
+        local: bool,
+        eps: &[&'e Endpoint],
+    ) -> Vec<&'e Endpoint> {
+        let key = (sp.protocol, sp.port, local);
+        if eps.is_empty() || self.orders.contains_key(&key) {
+            return eps.to_vec();
+        }
+        let prev = self.prev.and_then(|p| p.get(&key)).map(|o| &o[..]);
+        let out = stable_order(prev, eps);
+        self.orders
+            .insert(key, out.iter().map(|e| (e.ip, e.port)).collect());
+        out
     }
 
     fn loopback(&self) -> IpNet {
@@ -355,6 +491,21 @@ impl<'a> TableBuilder<'a> {
     fn finish(&mut self, nodeports: &NodePortIps) -> Table {
         let mut t = skeleton().clone();
         t.family = self.f;
+        let miss = miss_mark(self.mark);
+        if miss != MISS_MARK {
+            // The skeleton's miss rules carry the default bit, which is the masquerade
+            // bit here.
+            for r in (t.chains.iter_mut())
+                .flat_map(|c| c.rules.iter_mut())
+                .filter(|r| r.comment.as_deref() == Some(MISS))
+            {
+                for e in &mut r.exprs {
+                    if let Expr::MarkOr(m) | Expr::MarkSet(m) = e {
+                        *m = miss;
+                    }
+                }
+            }
+        }
         t.sets.extend(count_sets(&self.slot_counts));
         for s in &mut t.sets {
             if let Some(elems) = self.elements.remove(s.name.as_str()) {
@@ -469,7 +620,9 @@ impl<'a> TableBuilder<'a> {
 
     /// The per-count selection chains, with the Service chains (sorted with them).
     fn selection(&mut self) {
-        self.chains.extend(selection_chains(&self.slot_counts));
+        let miss = miss_mark(self.mark);
+        self.chains
+            .extend(selection_chains(&self.slot_counts, miss));
     }
 
     fn service_port(&mut self, sp: &ServicePort) {
@@ -607,17 +760,29 @@ impl<'a> TableBuilder<'a> {
             } else {
                 cluster_vips.push(cip);
             }
+            // Every key of one list shares its slot order, so an endpoint sits in the
+            // same slot under the ClusterIP, the external IPs and the NodePort.
+            let cluster = if !cluster_vips.is_empty() || sp.node_port.is_some() {
+                self.ordered(sp, false, &cat.cluster)
+            } else {
+                Vec::new()
+            };
+            let local = if !local_vips.is_empty() || (etp_local && sp.node_port.is_some()) {
+                self.ordered(sp, true, &cat.local)
+            } else {
+                Vec::new()
+            };
             for ip in cluster_vips {
-                self.slots(SERVICE_EPS, vip(ip), &cat.cluster);
+                self.slots(SERVICE_EPS, vip(ip), &cluster);
             }
             for ip in local_vips {
-                self.slots(LOCAL_SERVICE_EPS, vip(ip), &cat.local);
+                self.slots(LOCAL_SERVICE_EPS, vip(ip), &local);
             }
             if let Some(np) = sp.node_port {
                 let key = vec![proto, Value::Port(np)];
-                self.slots(NODEPORT_EPS, key.clone(), &cat.cluster);
+                self.slots(NODEPORT_EPS, key.clone(), &cluster);
                 if etp_local {
-                    self.slots(LOCAL_NODEPORT_EPS, key, &cat.local);
+                    self.slots(LOCAL_NODEPORT_EPS, key, &local);
                 }
             }
         }
@@ -770,5 +935,64 @@ impl<'a> TableBuilder<'a> {
             ));
         }
         rules
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::options::Options;
+    use crate::objects::input::ClusterObjects;
+
+    /// The miss mark never equals the masquerade mark: with masqueradeBit 15 (the miss
+    /// mark's default bit) the miss rules and their rejects use bit 14.
+    #[test]
+    fn the_miss_mark_moves_off_the_masquerade_bit() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: ns}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: p, port: 80, protocol: TCP, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-x, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.0.5], conditions: {ready: true}}]
+ports: [{name: p, port: 8080, protocol: TCP}]
+"#;
+        let mut o = ClusterObjects::default();
+        o.add_text("t", yaml, &mut vec![]).unwrap();
+        o.sort();
+        let misses = |bit: u8| -> Vec<Vec<Expr>> {
+            let opts = Options {
+                hostname: "n".into(),
+                masquerade_bit: bit,
+                ..Options::default()
+            };
+            let (rs, _) = crate::ruleset::render::ruleset(&o, &opts);
+            (rs.tables[0].chains.iter())
+                .flat_map(|c| &c.rules)
+                .filter(|r| r.comment.as_deref() == Some(MISS))
+                .map(|r| r.exprs.clone())
+                .collect()
+        };
+        for (bit, want) in [(14, 0x8000), (15, 0x4000)] {
+            let rules = misses(bit);
+            // endpoints, local-endpoints, select-service-endpoints-1, and the three
+            // filter chains' rejects
+            assert_eq!(rules.len(), 6, "{rules:?}");
+            for exprs in &rules {
+                assert!(
+                    exprs.iter().any(|e| matches!(
+                        e,
+                        Expr::MarkOr(m) | Expr::MarkSet(m) if *m == want
+                    )),
+                    "bit {bit}: {exprs:?}"
+                );
+            }
+        }
     }
 }

@@ -672,6 +672,8 @@ impl<'a> Run<'a> {
                 }
             }
             Expr::MarkSet(m) => self.mark & m != 0,
+            // Counts, matches every packet.
+            Expr::Counter => true,
             Expr::MarkOr(m) => {
                 self.mark |= m;
                 self.steps.push(Step::Mark(self.mark));

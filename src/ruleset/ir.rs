@@ -363,6 +363,10 @@ pub enum Expr {
     MarkOr(u32),
     /// `meta mark set meta mark ^ M`
     MarkXor(u32),
+    /// `counter`: counts the packets (and bytes) that reach it. The IR holds no counts:
+    /// render prints `counter packets 0 bytes 0`, and comparisons with `nft list` zero the
+    /// live counts (`nft::normalize`).
+    Counter,
     /// `update @map { key timeout T : addr . port }`: remember the chosen endpoint.
     UpdateAffinity {
         map: String,

@@ -10,7 +10,8 @@ mod skeleton;
 pub mod tx;
 
 pub use build::{
-    assemble, build, count_map, count_sets, fragment, select_chain, selection_chains, table_sets,
-    Assembled, Claim, Fragment, SlotCounts,
+    assemble, build, canonical_slots, count_map, count_sets, fragment, select_chain,
+    selection_chains, stable_order, table_sets, Assembled, Claim, Fragment, SlotCounts,
+    SlotOrderKey, SlotOrders,
 };
-pub use skeleton::{skeleton, TABLE_NAME};
+pub use skeleton::{miss_mark, skeleton, TABLE_NAME};

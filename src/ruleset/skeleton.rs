@@ -178,6 +178,7 @@ fn table() -> Table {
                 vec![
                     new_conn(Verdict::Jump(NODEPORT_EP_CHECK.into())),
                     new_conn(Verdict::Jump(SERVICE_EP_CHECK.into())),
+                    miss_reject(MISS_MARK),
                 ],
             ),
             base(
@@ -188,6 +189,7 @@ fn table() -> Table {
                 vec![
                     new_conn(Verdict::Jump(SERVICE_EP_CHECK.into())),
                     new_conn(Verdict::Jump(CLUSTER_IPS_CHECK.into())),
+                    miss_reject(MISS_MARK),
                 ],
             ),
             base(
@@ -198,6 +200,7 @@ fn table() -> Table {
                 vec![
                     new_conn(Verdict::Jump(SERVICE_EP_CHECK.into())),
                     new_conn(Verdict::Jump(CLUSTER_IPS_CHECK.into())),
+                    miss_reject(MISS_MARK),
                 ],
             ),
             base(
@@ -262,7 +265,7 @@ fn table() -> Table {
                 vec![
                     vmap(&VIP_KEY, SERVICE_SELECT),
                     vmap(&PORT_KEY, NODEPORT_SELECT),
-                    reject_miss(),
+                    reject_miss(MISS_MARK),
                 ],
             ),
             regular(
@@ -271,7 +274,7 @@ fn table() -> Table {
                 vec![
                     vmap(&VIP_KEY, LOCAL_SERVICE_SELECT),
                     vmap(&PORT_KEY, LOCAL_NODEPORT_SELECT),
-                    reject_miss(),
+                    reject_miss(MISS_MARK),
                 ],
             ),
             regular(
@@ -334,12 +337,53 @@ fn new_conn(verdict: Verdict) -> Rule {
     Rule::new(vec![Expr::CtStateNew], Some(verdict))
 }
 
-/// The last rule of every selection chain: nothing may leave un-NATed. A drop, not a
-/// reject: these chains are nat chains, where a reject does not answer the client (the
-/// real-kernel NodePort test saw a `goto reject-chain` here time out, not refuse), which
-/// is also why upstream rejects only from filter chains.
-pub(super) fn reject_miss() -> Rule {
-    Rule::new(vec![], Some(Verdict::Drop)).with_comment("no endpoint selected")
+/// The comment of the rules that handle a selection miss.
+pub(super) const MISS: &str = "no endpoint selected";
+
+/// The packet mark bit a selection miss sets (`miss_mark`): kube-proxy's old drop bit.
+pub(super) const MISS_MARK: u32 = 0x8000;
+
+/// The mark a selection miss sets: bit 15, or bit 14 when the masquerade mark is bit 15
+/// (the two must differ).
+pub fn miss_mark(masquerade_mark: u32) -> u32 {
+    if masquerade_mark == MISS_MARK {
+        MISS_MARK >> 1
+    } else {
+        MISS_MARK
+    }
+}
+
+/// The last rule of every selection chain: nothing may leave un-NATed, and the client is
+/// answered. These are nat chains, where a reject does not answer the client (the
+/// real-kernel NodePort test saw a `goto reject-chain` here time out, not refuse; upstream
+/// too rejects only from filter chains), so the miss marks the packet and accepts it
+/// un-NATed, and the filter chains (priority 0, after DNAT, on every path a packet can
+/// take: input, forward, output) reject what carries the mark after their no-endpoint
+/// checks (`miss_reject`). The counter makes a miss visible (`nft list chain ...`): an entry
+/// always has all its slots, so a selection chain's should stay at zero (the one in
+/// `local-endpoints` also counts Local-policy traffic without a local endpoint, which the
+/// no-endpoint checks drop).
+pub(super) fn reject_miss(mark: u32) -> Rule {
+    Rule::new(
+        vec![Expr::Counter, Expr::MarkOr(mark)],
+        Some(Verdict::Accept),
+    )
+    .with_comment(MISS)
+}
+
+/// The last rule of the filter chains on the input, forward and output hooks: a packet a
+/// selection chain marked as a miss is rejected. Last, because a Local traffic policy
+/// without endpoints on this node reaches the miss of `local-endpoints` by design, and
+/// must be dropped (`no-endpoint-…` says `drop`, as upstream does, so a load balancer's
+/// health check moves traffic elsewhere), not rejected. Only a new connection's packet
+/// can be a miss (nat chains see nothing else), so the bit set by anyone else on other
+/// packets is left alone.
+pub(super) fn miss_reject(mark: u32) -> Rule {
+    Rule::new(
+        vec![Expr::MarkSet(mark), Expr::CtStateNew],
+        Some(Verdict::Reject),
+    )
+    .with_comment(MISS)
 }
 
 /// `<key> vmap @map`

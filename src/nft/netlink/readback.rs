@@ -362,8 +362,8 @@ enum Atom {
     /// `reject` with an ICMP code.
     RejectIcmp(u8),
     MasqueradeFullyRandom,
-    /// `counter` (its packet and byte counts are the kernel's, not the rule's). No IR
-    /// expression is one yet, so no shape takes it and a rule with one is refused.
+    /// `counter` (its packet and byte counts are the kernel's, not the rule's; the IR
+    /// holds none).
     Counter,
     /// Anything else, described for the error.
     Other(String),
@@ -722,6 +722,7 @@ fn expr_shape(f: Family, a: &[Atom]) -> Option<(Expr, usize)> {
         {
             (Expr::MarkSet(u32_data(mask)?), 3)
         }
+        [Counter, ..] => (Expr::Counter, 1),
         [Mark(0), Bitwise { unit: 0, mask, xor }, SetMark(0), ..] => {
             let (mask, xor) = (u32_data(mask)?, u32_data(xor)?);
             // `mark_set(!m, m)` and `mark_set(MAX, m)`; for m = 0 both are the same no-op
@@ -857,7 +858,7 @@ fn dnat_map_shape(f: Family, a: &[Atom], addr_units: u32) -> Option<Verdict> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustables::expr::{Counter, Meta};
+    use rustables::expr::{Counter, Log, Meta};
 
     #[test]
     fn key_types_invert_the_concat_type_and_check_the_length() {
@@ -916,8 +917,14 @@ mod tests {
         let counter = RawExpression::from(Counter::default());
         let err = decode_rule(Family::V4, &[&l4, &counter]).unwrap_err();
         assert!(err.starts_with("expressions 1.. are no shape"), "{err}");
-        let err = decode_rule(Family::V4, &[&counter]).unwrap_err();
-        assert!(err.contains("[Counter]"), "{err}");
+        // `log` is nothing the encoder writes.
+        let log = RawExpression::from(Log::default());
+        let err = decode_rule(Family::V4, &[&counter, &log]).unwrap_err();
+        assert!(err.contains("expressions 2.."), "{err}");
+        assert_eq!(
+            decode_rule(Family::V4, &[&counter]),
+            Ok((vec![Expr::Counter], None))
+        );
         assert_eq!(decode_rule(Family::V4, &[]), Ok((vec![], None)));
     }
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use rustables::expr::{
     Bitwise, Cmp, CmpOp as NlCmpOp, ConnTrackState, ConnTrackStatus, Conntrack, ConntrackKey,
-    Dynset, Fib, Immediate, Lookup, Masquerade, Meta, MetaType, Nat, Numgen, Payload,
+    Counter, Dynset, Fib, Immediate, Lookup, Masquerade, Meta, MetaType, Nat, Numgen, Payload,
     RawExpression, Register, Reject, ICMPV6_PORT_UNREACH, ICMP_PORT_UNREACH,
 };
 use rustables::{sys, Rule as NlRule};
@@ -206,6 +206,10 @@ impl RuleBuilder<'_> {
             }
             Expr::MarkOr(m) => self.mark_set(!m, *m)?,
             Expr::MarkXor(m) => self.mark_set(u32::MAX, *m)?,
+            // nft sends both counts, zero, with a new counter.
+            Expr::Counter => {
+                self.push(Counter::default().with_nb_bytes(0u64).with_nb_packets(0u64))
+            }
             Expr::UpdateAffinity {
                 map,
                 key,

@@ -307,7 +307,7 @@ fn prefix_masks() {
 
 /// `read_ruleset` gives back the programmed IR, and refuses (naming the chain and the
 /// rule's position) rules it has no shape for, even near misses of ours: a plain
-/// `masquerade` (ours is fully-random), a port match, a counter, an inverted lookup.
+/// `masquerade` (ours is fully-random), a port match, a log statement, an inverted lookup.
 #[test]
 fn read_back_refuses_rule_shapes_it_does_not_write() {
     let rs = demo();
@@ -319,7 +319,7 @@ fn read_back_refuses_rule_shapes_it_does_not_write() {
         for bad in [
             "masquerade",
             "tcp dport 80 accept",
-            "counter accept",
+            "log accept",
             "ip daddr != @cluster-ips drop",
             "meta mark 0x5 accept",
         ] {
