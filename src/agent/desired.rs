@@ -17,7 +17,9 @@ use crate::objects::{EndpointSlice, Endpoints, Meta, Object, Service};
 use crate::ruleset::diff;
 use crate::ruleset::ir::{ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
-use crate::ruleset::{assemble, fragment, selection_chains, table_sets, Fragment, SlotCounts};
+use crate::ruleset::{
+    assemble, count_sets, fragment, selection_chains, sort_sets, Fragment, SlotCounts,
+};
 use crate::vocab::Note;
 
 /// The objects of the last update, sorted as `ClusterObjects::sort` sorts them, and the
@@ -480,12 +482,39 @@ impl Desired {
         }
         self.slots.retain(|_, c| *c > 0);
         let counts_after = self.slot_counts(f);
+        // Sets that come and go with the change: the old fragments' affinity sets make
+        // way for the new ones' (the same name and declaration is kept, with what the
+        // datapath remembered in it), and the per-count endpoint maps follow the counts.
+        let mut gone: BTreeSet<String> = (old.iter().flat_map(|fr| &fr.sets))
+            .map(|s| s.name.clone())
+            .collect();
+        let mut added: Vec<Set> = (new.iter().flat_map(|fr| &fr.sets))
+            .map(Set::declaration)
+            .collect();
         if counts_before != counts_after {
             // A count coming into use brings its endpoint map and chain; one going out of
             // use takes them away.
             before.chains.extend(selection_chains(&counts_before));
             after.chains.extend(selection_chains(&counts_after));
-            after.sets = table_sets(&counts_after);
+            gone.extend(count_sets(&counts_before).into_iter().map(|s| s.name));
+            added.extend(count_sets(&counts_after));
+        }
+        if !gone.is_empty() || !added.is_empty() {
+            // A set redeclared under its name (an affinity timeout changed) cannot be
+            // changed in place: the full sync replaces it.
+            let redeclared = added
+                .iter()
+                .any(|s| (before.sets.iter()).any(|b| b.name == s.name && b.declaration() != *s));
+            if redeclared {
+                return None;
+            }
+            after.sets.retain(|s| !gone.contains(&s.name));
+            for s in added {
+                if !after.sets.iter().any(|x| x.name == s.name) {
+                    after.sets.push(s);
+                }
+            }
+            sort_sets(&mut after.sets);
         }
         for ((set, key), (was, count, data)) in touched {
             let now = (count > 0).then_some(data);

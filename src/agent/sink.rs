@@ -3,6 +3,7 @@
 use crate::model::Model;
 use crate::nft::generation::generation;
 use crate::nft::netlink;
+use crate::ruleset::diff;
 use crate::ruleset::ir::Ruleset;
 use crate::ruleset::tx::{Op, Transaction};
 
@@ -15,13 +16,45 @@ pub struct KernelSink {
     generation: Option<u32>,
 }
 
+/// Whether `tx` replaces our tables (a full sync).
+fn is_full(tx: &Transaction) -> bool {
+    tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }))
+}
+
+/// The full sync of `desired` as a rewrite of what the kernel holds now.
+fn keep_what_is_there(desired: &Ruleset) -> Result<Transaction, netlink::NetlinkError> {
+    let mut present = Vec::new();
+    for t in &desired.tables {
+        present.push((t.family, t.name.clone(), netlink::present(t)?));
+    }
+    Ok(diff::full_keeping(desired, &present))
+}
+
 impl super::reconcile::Sink for KernelSink {
     fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
         // Appended in the same batch, without copying the (possibly full-sync) transaction.
-        let extra = if tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. })) {
+        let extra = if is_full(tx) {
             netlink::obsolete_tables(desired)
         } else {
             Vec::new()
+        };
+        // A full sync over tables the kernel already holds (the periodic sync, a Node
+        // change, an agent restart) rewrites them in place, keeping the dynamic sets: what
+        // session affinity remembered survives it (see rules/README.md).
+        let keeping;
+        let tx = if !is_full(tx) {
+            tx
+        } else {
+            match keep_what_is_there(desired) {
+                Ok(t) => {
+                    keeping = t;
+                    &keeping
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read our tables; full sync recreates them");
+                    tx
+                }
+            }
         };
         let decls = netlink::SetDecls::from_ruleset(desired);
         let done = netlink::apply_with(tx, &extra, &decls, Some(desired))

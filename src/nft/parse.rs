@@ -969,28 +969,14 @@ impl<'t> Parser<'t> {
                 Item::Expr(Expr::Numgen { modulus, value })
             }
             "update" => {
-                let map = self.set_ref()?;
+                let set = self.set_ref()?;
                 let opened = self.open()?;
                 let key = self.fields(f, None)?;
-                self.keyword("timeout")?;
-                let timeout = self.duration()?;
-                self.keyword(":")?;
-                let al = self.line();
-                let a = self.word()?;
-                let addr = addr(&a, f, al)?;
-                self.keyword(".")?;
-                let port = self.number()?;
                 match self.peek_kind() {
                     Some(Kind::Close) => self.pos += 1,
-                    _ => return err(opened, "'{' of update is not closed after the data"),
+                    _ => return err(opened, "'{' of update is not closed after the key"),
                 }
-                Item::Expr(Expr::UpdateAffinity {
-                    map,
-                    key,
-                    timeout,
-                    addr,
-                    port,
-                })
+                Item::Expr(Expr::Update { set, key })
             }
             "dnat" => {
                 let fl = self.line();
@@ -1252,12 +1238,9 @@ mod tests {
                     Expr::MarkSet(0x4000),
                     Expr::MarkOr(1),
                     Expr::MarkXor(0x8000_0000),
-                    Expr::UpdateAffinity {
-                        map: "m".into(),
+                    Expr::Update {
+                        set: "m".into(),
                         key: vec![Saddr, Dport],
-                        timeout: 5400,
-                        addr: a4,
-                        port: 80,
                     },
                 ],
                 Some(Verdict::Accept),

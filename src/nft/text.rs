@@ -432,17 +432,7 @@ fn expr(f: Family, e: &Expr) -> String {
         Expr::MarkSet(m) => format!("meta mark & {} != {}", mark(*m), mark(0)),
         Expr::MarkOr(m) => format!("meta mark set meta mark | {}", mark(*m)),
         Expr::MarkXor(m) => format!("meta mark set meta mark ^ {}", mark(*m)),
-        Expr::UpdateAffinity {
-            map,
-            key: k,
-            timeout,
-            addr,
-            port,
-        } => format!(
-            "update @{map} {{ {} timeout {} : {addr} . {port} }}",
-            key(f, k),
-            duration(*timeout)
-        ),
+        Expr::Update { set, key: k } => format!("update @{set} {{ {} }}", key(f, k)),
     }
 }
 

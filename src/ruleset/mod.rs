@@ -10,7 +10,7 @@ mod skeleton;
 pub mod tx;
 
 pub use build::{
-    assemble, build, count_map, count_sets, fragment, select_chain, selection_chains, table_sets,
-    Assembled, Claim, Fragment, SlotCounts,
+    assemble, build, count_map, count_sets, fragment, select_chain, selection_chains, sort_sets,
+    table_sets, Assembled, Claim, Fragment, SlotCounts,
 };
 pub use skeleton::{skeleton, TABLE_NAME};
