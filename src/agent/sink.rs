@@ -16,24 +16,15 @@ pub struct KernelSink {
     generation: Option<u32>,
 }
 
-/// Whether `tx` replaces our tables (a full sync).
-fn is_full(tx: &Transaction) -> bool {
-    tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }))
-}
-
 /// The full sync of `desired` as a rewrite of what the kernel holds now.
 fn keep_what_is_there(desired: &Ruleset) -> Result<Transaction, netlink::NetlinkError> {
-    let mut present = Vec::new();
-    for t in &desired.tables {
-        present.push((t.family, t.name.clone(), netlink::present(t)?));
-    }
-    Ok(diff::full_keeping(desired, &present))
+    Ok(diff::full_keeping(desired, &netlink::present_all(desired)?))
 }
 
 impl super::reconcile::Sink for KernelSink {
     fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
         // Appended in the same batch, without copying the (possibly full-sync) transaction.
-        let extra = if is_full(tx) {
+        let extra = if tx.is_full() {
             netlink::obsolete_tables(desired)
         } else {
             Vec::new()
@@ -42,7 +33,7 @@ impl super::reconcile::Sink for KernelSink {
         // change, an agent restart) rewrites them in place, keeping the dynamic sets: what
         // session affinity remembered survives it (see rules/README.md).
         let keeping;
-        let tx = if !is_full(tx) {
+        let tx = if !tx.is_full() {
             tx
         } else {
             match keep_what_is_there(desired) {

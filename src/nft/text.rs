@@ -503,7 +503,7 @@ fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
         out.push_str("partial sync: no changes\n");
         return;
     }
-    let full = tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }));
+    let full = tx.is_full();
     let count = |f: &dyn Fn(&Op) -> usize| tx.ops.iter().map(f).sum::<usize>();
     let chains = count(&|o| matches!(o, Op::AddChain { .. }) as usize);
     let rules = count(&|o| matches!(o, Op::AddRule { .. }) as usize);
@@ -531,6 +531,27 @@ fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
             if let Op::DeleteTable { family, name } = o {
                 let _ = writeln!(out, "= table {} {name} replaced", family_name(*family));
             }
+        }
+        let mut rewritten = Vec::new();
+        for o in &tx.ops {
+            if let Op::FlushChain {
+                family,
+                table,
+                chain,
+            } = o
+            {
+                let base = crate::ruleset::skeleton().chain(chain).map(|c| c.base);
+                if matches!(base, Some(Some(_))) && !rewritten.contains(&(family, table)) {
+                    rewritten.push((family, table));
+                }
+            }
+        }
+        for (family, name) in rewritten {
+            let _ = writeln!(
+                out,
+                "= table {} {name} rewritten in place (dynamic sets kept)",
+                family_name(*family)
+            );
         }
         return;
     }

@@ -71,7 +71,9 @@ pub fn full_keeping(rs: &Ruleset, present: &[(Family, String, Option<Present>)])
     full_keeping_with(rs, present, false)
 }
 
-fn full_keeping_with(
+/// [`full_keeping`], with every set's elements copied into the transaction (for callers
+/// that apply it without the ruleset at hand, as `apply` does).
+pub fn full_keeping_with(
     rs: &Ruleset,
     present: &[(Family, String, Option<Present>)],
     copy_elements: bool,

@@ -295,6 +295,13 @@ pub fn present(t: &ir::Table) -> Result<Option<Present>, NetlinkError> {
     Ok(Some(Present { chains, sets }))
 }
 
+/// [`present`] for every table of `rs`, as [`crate::ruleset::diff::full_keeping`] takes it.
+pub fn present_all(rs: &Ruleset) -> Result<Vec<(Family, String, Option<Present>)>, NetlinkError> {
+    (rs.tables.iter())
+        .map(|t| Ok((t.family, t.name.clone(), present(t)?)))
+        .collect()
+}
+
 /// What [`read_table`] returns once `table` is programmed (dynamic sets' elements left
 /// out). Parts the netlink layer cannot encode (an address of the other family, ...) come
 /// out as values no kernel listing has, so the comparison fails rather than panics.

@@ -35,8 +35,9 @@ pub use batch::{apply, apply_with, to_batch, to_batch_with, ApplyStats, Desc};
 pub use decl::SetDecls;
 pub use error::NetlinkError;
 pub use listing::{
-    delete_tables, differences, obsolete_tables, present, read_table, summarize, tables_present,
-    KernelBaseChain, KernelChain, KernelData, KernelElement, KernelSet, KernelTable,
+    delete_tables, differences, obsolete_tables, present, present_all, read_table, summarize,
+    tables_present, KernelBaseChain, KernelChain, KernelData, KernelElement, KernelSet,
+    KernelTable,
 };
 
 use rustables::data_type::NftType;
