@@ -5,7 +5,7 @@ use crate::nft::generation::generation;
 use crate::nft::netlink;
 use crate::ruleset::diff;
 use crate::ruleset::ir::Ruleset;
-use crate::ruleset::tx::{Op, Transaction};
+use crate::ruleset::tx::Transaction;
 
 /// The agent's kernel sink: one netlink transaction per sync, then conntrack cleanup for
 /// UDP flows the change made stale.
