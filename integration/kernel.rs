@@ -1156,16 +1156,24 @@ fn affinity_survives_scale_up_full_sync_and_forgets_only_a_gone_endpoint() {
         })
         .collect();
     let sticky = ["sessionAffinity: ClientIP"]; // the default timeout, 3 h
-    let with = |eps: &[(&str, &str)]| {
-        let eps: Vec<(&str, &str)> = eps.iter().map(|(_, ip)| (*ip, NODE_A)).collect();
-        nodes_yaml() + &http_service("sticky", "10.96.0.131", &eps, &sticky)
+                                                // A plain Service beside it, whose endpoint count changes at the full sync: the
+                                                // rewrite must then delete a per-count map and chain the flushed rules and maps
+                                                // referred to, in the same transaction.
+    let plain = |n: usize| {
+        let eps = [("10.244.0.131", NODE_A), ("10.244.0.132", NODE_A)];
+        http_service("plain", "10.96.0.139", &eps[..n], &[])
     };
-    program(c.node(), &with(&eps[..2]), &[]);
+    let with_plain = |eps: &[(&str, &str)], n: usize| {
+        let eps: Vec<(&str, &str)> = eps.iter().map(|(_, ip)| (*ip, NODE_A)).collect();
+        nodes_yaml() + &http_service("sticky", "10.96.0.131", &eps, &sticky) + &plain(n)
+    };
+    let with = |eps: &[(&str, &str)]| with_plain(eps, 2);
+    program(c.node(), &with_plain(&eps[..2], 1), &[]);
     let first = picks(&clients, "10.96.0.131");
     assert!(first.values().all(|s| s == "e1" || s == "e2"), "{first:?}");
 
     // Scale-up (a partial sync): every remembered client keeps its endpoint.
-    let up = program(c.node(), &with(&eps), &[]);
+    let up = program(c.node(), &with_plain(&eps, 1), &[]);
     if up.path == SyncPath::Apply {
         assert!(up.has_line_starting("partial sync"), "{}", up.stdout);
     }
@@ -1179,6 +1187,16 @@ fn affinity_survives_scale_up_full_sync_and_forgets_only_a_gone_endpoint() {
         assert!(full.has_line_starting("full sync"), "{}", full.stdout);
     }
     assert_eq!(picks(&clients, "10.96.0.131"), first, "after a full sync");
+    let listed = c.node().nft_list_table("ip", "kube-nftproxy");
+    assert!(
+        listed.contains("map service-endpoints-2") && !listed.contains("service-endpoints-1"),
+        "{listed}"
+    );
+    let plain_served = counts(&ids(
+        &clients[0].1.tcp_requests("10.96.0.139", 80, 20, TIMEOUT),
+        "plain",
+    ));
+    assert_eq!(plain_served.len(), 2, "{plain_served:?}");
 
     // The endpoint of c0 goes away: its clients are drawn again, every other client
     // keeps its endpoint, and the gone endpoint's set goes with it.
