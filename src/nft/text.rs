@@ -216,10 +216,6 @@ fn set(out: &mut Out, f: Family, s: &Set) {
         }
     }
     out.push('\n');
-    if s.flags.dynamic {
-        // The kernel gives dynamic sets a default size and nft prints it.
-        out.push_str("\t\tsize 65535\n");
-    }
     let flags: Vec<&str> = [(s.flags.dynamic, "dynamic"), (s.flags.timeout, "timeout")]
         .iter()
         .filter(|(on, _)| *on)

@@ -89,10 +89,11 @@ pub(super) fn nl_set(f: Family, table: &str, s: &Set) -> Result<NlSet, NetlinkEr
         }
     }
     if s.flags.dynamic {
+        // No size, as upstream declares its affinity sets: the kernel takes a set's size
+        // as the hash table's initial size too, and 65,535 cost 1.5 MB of kernel memory
+        // per empty set (3.6 GB for the 2,312 affinity sets of the realistic 10,000-Service
+        // mix). Without one the table grows with its elements.
         set = set.with_added_flags(sys::NFT_SET_EVAL);
-        let mut desc = set.desc.take().unwrap_or_default();
-        desc.set_elem_count(DYNAMIC_SET_SIZE);
-        set.desc = Some(desc);
     }
     if s.flags.timeout {
         set = set.with_added_flags(sys::NFT_SET_TIMEOUT);

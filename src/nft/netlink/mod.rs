@@ -89,6 +89,3 @@ pub(super) fn set_kind(s: &Set) -> &'static str {
         "set"
     }
 }
-
-/// The size nft gives a dynamic set that declares none (and lists as `size 65535`).
-pub(super) const DYNAMIC_SET_SIZE: u32 = 65535;
