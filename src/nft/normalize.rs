@@ -1,8 +1,8 @@
 //! A canonical form of nft text for comparing a rendered script with `nft list` output:
 //! set elements sorted one per line (the kernel lists hash sets in its own order and nft
 //! wraps them as it likes), the atomic-replace preamble dropped, blank lines ignored, and
-//! `size 65535` dropped: `nft -f` gives a set that an `update` statement writes its default
-//! size, while render and the netlink path declare none (a size is also the kernel's
+//! `size 65535` dropped: the kernel lists its default size for a set that an `update`
+//! statement writes, which render does not declare (a declared size is also the kernel's
 //! initial hash table size, 1.5 MB per affinity set at 65,535; see `nft::netlink::decl`).
 
 pub fn normalize(text: &str) -> String {

@@ -509,8 +509,8 @@ impl<'t> Parser<'t> {
                     typed = Some((key, data));
                 }
                 "size" => {
-                    // We never declare a size (see `nft::netlink::decl`); one written by
-                    // hand is read and dropped: the IR does not keep a size.
+                    // Only the kernel's default for dynamic sets is ever listed (we never
+                    // declare one, see `nft::netlink::decl`); the IR does not keep a size.
                     self.number::<u32>()?;
                 }
                 "flags" => loop {

@@ -798,10 +798,10 @@ impl<'a> TableBuilder<'a> {
             }
             rules.push(Rule::new(exprs, Some(dnat(ep))));
         }
-        // `update` fails when the kernel cannot add the client (the sets have no size
-        // limit, but an allocation can fail under memory pressure) and its rule then does
-        // not match: a client the draw leads past the last endpoint is served by it
-        // without being remembered, rather than leaving the chain un-NATed.
+        // `update` fails when the endpoint's set is full (the kernel's default cap of
+        // 65,535 clients) and its rule then does not match: a client the draw leads past
+        // the last endpoint is served by it without being remembered, rather than leaving
+        // the chain un-NATed.
         if let (Some(_), Some(last)) = (sp.affinity_timeout, eps.last()) {
             rules.push(Rule::new(vec![], Some(dnat(last))).with_comment("not remembered"));
         }
