@@ -848,6 +848,37 @@ mod tests {
     }
 
     #[test]
+    fn affinity_sets_follow_endpoints_partially_and_a_new_timeout_rebuilds() {
+        // Service 4 has session affinity (variant 0): one set per endpoint.
+        let (mut d, o) = start(5);
+        let affinity_sets = |d: &Desired| -> Vec<String> {
+            (d.ruleset().tables[0].sets.iter())
+                .filter(|s| s.flags.dynamic)
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        assert_eq!(affinity_sets(&d).len(), 3, "{:?}", affinity_sets(&d));
+        // One endpoint replaced: a partial sync deletes its set and adds the new one's,
+        // and nothing else touches a set.
+        let o2 = with(&o, &[slice(4, &[12, 13, 20])]);
+        let u = check(&mut d, &o2, false);
+        let set_ops: Vec<&Op> = (u.tx.ops.iter())
+            .filter(|op| {
+                matches!(
+                    op,
+                    Op::AddSet { .. } | Op::DeleteSet { .. } | Op::FlushSet { .. }
+                )
+            })
+            .collect();
+        assert_eq!(set_ops.len(), 2, "{set_ops:#?}");
+        // A new timeout redeclares every set of the Service: a full rebuild.
+        let mut svc = service(4, 0);
+        svc["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 60}});
+        let o3 = with(&o2, &[svc]);
+        check(&mut d, &o3, true);
+    }
+
+    #[test]
     fn a_node_change_is_a_full_rebuild() {
         let (mut d, o) = start(4);
         let o2 = with(&o, &[node("192.168.0.11")]);
