@@ -943,10 +943,12 @@ fn agent_restart_is_hitless() {
         sync.contains("full=true"),
         "the new agent's first sync was not a full one: {sync}"
     );
+    // The full sync rewrites our table in place (so the datapath's affinity sets survive
+    // the restart), it does not delete and recreate it.
     let new_handle = table_handle(node).expect("table handle");
-    assert_ne!(
+    assert_eq!(
         handle, new_handle,
-        "the new agent's first sync did not replace the table"
+        "the new agent's first sync recreated the table instead of rewriting it"
     );
     assert_eq!(normalize(&listing(node)), before, "new agent, other rules");
     stream.wait_more(10, Duration::from_secs(5));
@@ -963,6 +965,76 @@ fn agent_restart_is_hitless() {
         "the table was missing at some point"
     );
     eprintln!("{} connections across the restart: {c:?}", all.len());
+}
+
+/// Which endpoint each client reaches on `SVC_IP`:80 (each must be served within `SYNC`).
+fn endpoints_of(clients: &[Netns]) -> BTreeMap<String, String> {
+    clients
+        .iter()
+        .map(|c| {
+            let deadline = Instant::now() + SYNC;
+            loop {
+                let r = c.tcp_request(SVC_IP, 80, Duration::from_millis(500));
+                if let Some(server) = server_of(&r) {
+                    return (c.role().to_string(), server);
+                }
+                assert!(Instant::now() < deadline, "{} not served: {r:?}", c.role());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn affinity_survives_periodic_full_syncs_and_agent_restarts() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut s = setup();
+    // Six clients: without kept affinity each would be drawn again among two endpoints at
+    // every full sync, and all six keeping theirs by chance is 1 in 64.
+    let mut clients = vec![s.client.clone()];
+    for i in 0..5 {
+        clients.push(
+            s.cluster
+                .add_pod(&format!("k{i}"), format!("10.244.0.{}", 60 + i)),
+        );
+    }
+    let node = s.cluster.node();
+    let mut svc = service("sticky", SVC_IP, "TCP", 80, 8080);
+    svc["spec"]["sessionAffinity"] = json!("ClientIP");
+    s.api.apply(&svc);
+    s.api.apply(&slice("sticky", "TCP", 8080, &[POD_A, POD_B]));
+
+    let mut first = Agent::start("affinity-1", node, &s.api, &["--sync-period=1s"]);
+    first.wait_syncs(1, SYNC);
+    let picked = endpoints_of(&clients);
+    // Periodic full syncs (every second) rewrite the table in place.
+    first.wait_syncs(4, SYNC);
+    let full = first.syncs()[1..]
+        .iter()
+        .filter(|l| l.contains("full=true"))
+        .count();
+    assert!(full >= 2, "no periodic full syncs: {:?}", first.syncs());
+    assert_eq!(endpoints_of(&clients), picked, "after periodic full syncs");
+
+    // A restart: the new agent's first (full) sync keeps them too.
+    let status = first.terminate();
+    assert!(status.success(), "agent exited with {status}");
+    drop(first);
+    let mut second = Agent::start("affinity-2", node, &s.api, &[]);
+    second.wait_syncs(1, SYNC);
+    assert!(
+        second.syncs()[0].contains("full=true"),
+        "{:?}",
+        second.syncs()
+    );
+    assert_eq!(endpoints_of(&clients), picked, "after an agent restart");
+    let listed = listing(node);
+    assert!(
+        listed.contains("set affinity-") && listed.contains("elements = {"),
+        "the affinity sets hold the clients:\n{listed}"
+    );
 }
 
 // ---------------------------------------------------------------------------

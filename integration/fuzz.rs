@@ -620,14 +620,13 @@ fn watch_list_page_of_good_services_decodes() {
 }
 
 /// Found by the realistic benchmark (BENCHMARKS.md): the render of a dual-stack Service
-/// with ClientIP affinity has an ip6 affinity rule (`update @affinity { ip6 saddr . ip6
+/// with ClientIP affinity had an ip6 affinity rule (`update @affinity { ip6 saddr . ip6
 /// daddr . meta l4proto . th dport ... : <ip6> . <port> }`) that nftables 1.0.6's `nft -f`
-/// aborts on (`netlink_linearize.c:799: netlink_gen_expr: Assertion 'dreg <
-/// ctx->reg_low'`), while the same ruleset applies over netlink. `render` promises text
-/// that `nft -f` accepts. Ignored until the text (or the documented promise) changes:
-/// `cargo test --test fuzz -- --ignored ipv6_affinity`.
+/// aborted on (`netlink_linearize.c:799: netlink_gen_expr: Assertion 'dreg <
+/// ctx->reg_low'`), while the same ruleset applied over netlink. Affinity now keeps one
+/// set of client addresses per endpoint (`update @affinity-… { ip6 saddr }`), which
+/// `nft -f` 1.0.6 loads: `render` keeps its promise for IPv6 affinity too.
 #[test]
-#[ignore = "fails with nftables 1.0.6: nft -f aborts on the ip6 affinity rule of render"]
 fn ipv6_affinity_render_loads_with_nft_f() {
     if !support::require_root_and_tools() {
         return;
@@ -646,7 +645,7 @@ fn ipv6_affinity_render_loads_with_nft_f() {
     objects.add_text("t", &text, &mut vec![]).unwrap();
     let (rs, _) = render::ruleset(&objects, &opts());
     let script = kube_nftproxy::nft::text::script(&rs);
-    assert!(script.contains("update @affinity { ip6 saddr"), "{script}");
+    assert!(script.contains("{ ip6 saddr }"), "{script}");
     let ns = support::Netns::create(&format!("kntp-{}-aff6", support::random_id()), "node")
         .expect("namespace");
     // The netlink path accepts it; then the same ruleset as text.

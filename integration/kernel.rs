@@ -1269,6 +1269,260 @@ fn session_affinity_client_ip() {
     assert_eq!(live.as_array().map(Vec::len), Some(3), "{live}");
 }
 
+/// The affinity sets of our `ip` table in `ns` and the clients each holds, by set name
+/// (`affinity-<hash>-ns/name/proto/port__<endpoint ip>/<port>`), from `nft list`.
+fn affinity_sets(ns: &Netns) -> BTreeMap<String, BTreeSet<String>> {
+    let text = ns.nft_list_table("ip", "kube-nftproxy");
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut in_elements = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("set affinity-") {
+            let name = format!("affinity-{}", rest.trim_end_matches(" {"));
+            out.insert(name.clone(), BTreeSet::new());
+            current = Some(name);
+            continue;
+        }
+        let Some(name) = &current else { continue };
+        if line == "}" && !in_elements {
+            current = None;
+            continue;
+        }
+        let body = match line.strip_prefix("elements = {") {
+            Some(b) => {
+                in_elements = true;
+                b
+            }
+            None if in_elements => line,
+            None => continue,
+        };
+        for word in body.split(|c: char| c == ',' || c.is_whitespace()) {
+            if word.parse::<std::net::Ipv4Addr>().is_ok() {
+                out.get_mut(name).unwrap().insert(word.to_string());
+            }
+        }
+        if body.contains('}') {
+            in_elements = false;
+        }
+    }
+    out
+}
+
+/// The endpoint IP an affinity set belongs to (from its name).
+fn set_endpoint(name: &str) -> &str {
+    name.rsplit_once("__")
+        .and_then(|(_, ep)| ep.split_once('/'))
+        .map(|(ip, _)| ip)
+        .unwrap_or("")
+}
+
+/// Which endpoint (server name) each client reaches on `vip`, one request each; every
+/// client must get an answer.
+fn picks(clients: &[(String, Netns)], vip: &str) -> BTreeMap<String, String> {
+    clients
+        .iter()
+        .map(|(name, ns)| {
+            let r = ns.tcp_request(vip, 80, TIMEOUT);
+            let id = Identity::parse(r.as_ref().unwrap_or_else(|e| panic!("{name}: {e}")));
+            (name.clone(), id.server)
+        })
+        .collect()
+}
+
+const AFFINITY_3S: [&str; 2] = [
+    "sessionAffinity: ClientIP",
+    "sessionAffinityConfig: {clientIP: {timeoutSeconds: 3}}",
+];
+
+#[test]
+fn a_busy_affinity_client_stays_past_the_timeout() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let eps = [
+        ("e1", "10.244.0.111"),
+        ("e2", "10.244.0.112"),
+        ("e3", "10.244.0.113"),
+        ("e4", "10.244.0.114"),
+    ];
+    for (name, ip) in eps {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
+    let client = c.add_pod("busy", "10.244.0.120");
+    let yaml = nodes_yaml()
+        + &http_service(
+            "sticky",
+            "10.96.0.111",
+            &eps.map(|(_, ip)| (ip, NODE_A)),
+            &AFFINITY_3S,
+        );
+    program(c.node(), &yaml, &[]);
+    // One connection a second for 7 s with a 3 s timeout: each reuse refreshes the
+    // timeout, so the client never expires (without the refresh it would be forgotten at
+    // 3 s and 6 s and drawn again among 4 endpoints).
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let r = client.tcp_request("10.96.0.111", 80, TIMEOUT);
+        seen.push(Identity::parse(&r.expect("busy client")).server);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), 1, "a busy client moved: {seen:?}");
+    // It is remembered in its endpoint's set only.
+    let holding: Vec<String> = affinity_sets(c.node())
+        .into_iter()
+        .filter(|(_, clients)| clients.contains("10.244.0.120"))
+        .map(|(name, _)| name)
+        .collect();
+    let ip_of = |server: &str| eps.iter().find(|(n, _)| *n == server).unwrap().1;
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    assert_eq!(set_endpoint(&holding[0]), ip_of(&seen[0]), "{holding:?}");
+    // Idle past the timeout, it is forgotten (the datapath expires it).
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        affinity_sets(c.node()).values().all(|cl| cl.is_empty()),
+        "an idle client is still remembered after its timeout: {:?}",
+        affinity_sets(c.node())
+    );
+}
+
+#[test]
+fn affinity_survives_scale_up_full_sync_and_forgets_only_a_gone_endpoint() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    let eps = [
+        ("e1", "10.244.0.131"),
+        ("e2", "10.244.0.132"),
+        ("e3", "10.244.0.133"),
+    ];
+    for (name, ip) in eps {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
+    let clients: Vec<(String, Netns)> = (0..8)
+        .map(|i| {
+            let name = format!("c{i}");
+            let ns = c.add_pod(&name, format!("10.244.0.{}", 140 + i));
+            (name, ns)
+        })
+        .collect();
+    let sticky = ["sessionAffinity: ClientIP"]; // the default timeout, 3 h
+                                                // A plain Service beside it, whose endpoint count changes at the full sync: the
+                                                // rewrite must then delete a per-count map and chain the flushed rules and maps
+                                                // referred to, in the same transaction.
+    let plain = |n: usize| {
+        let eps = [("10.244.0.131", NODE_A), ("10.244.0.132", NODE_A)];
+        http_service("plain", "10.96.0.139", &eps[..n], &[])
+    };
+    let with_plain = |eps: &[(&str, &str)], n: usize| {
+        let eps: Vec<(&str, &str)> = eps.iter().map(|(_, ip)| (*ip, NODE_A)).collect();
+        nodes_yaml() + &http_service("sticky", "10.96.0.131", &eps, &sticky) + &plain(n)
+    };
+    let with = |eps: &[(&str, &str)]| with_plain(eps, 2);
+    program(c.node(), &with_plain(&eps[..2], 1), &[]);
+    let first = picks(&clients, "10.96.0.131");
+    assert!(first.values().all(|s| s == "e1" || s == "e2"), "{first:?}");
+
+    // Scale-up (a partial sync): every remembered client keeps its endpoint.
+    let up = program(c.node(), &with_plain(&eps, 1), &[]);
+    if up.path == SyncPath::Apply {
+        assert!(up.has_line_starting("partial sync"), "{}", up.stdout);
+    }
+    assert_eq!(picks(&clients, "10.96.0.131"), first, "after the scale-up");
+
+    // A full sync over the existing table (no last-applied state: `apply` cannot diff)
+    // rewrites it in place and keeps the affinity sets.
+    let _ = std::fs::remove_dir_all(state_dir(c.node()));
+    let full = program(c.node(), &with(&eps), &[]);
+    if full.path == SyncPath::Apply {
+        assert!(full.has_line_starting("full sync"), "{}", full.stdout);
+    }
+    assert_eq!(picks(&clients, "10.96.0.131"), first, "after a full sync");
+    let listed = c.node().nft_list_table("ip", "kube-nftproxy");
+    assert!(
+        listed.contains("map service-endpoints-2") && !listed.contains("service-endpoints-1"),
+        "{listed}"
+    );
+    let plain_served = counts(&ids(
+        &clients[0].1.tcp_requests("10.96.0.139", 80, 20, TIMEOUT),
+        "plain",
+    ));
+    assert_eq!(plain_served.len(), 2, "{plain_served:?}");
+
+    // The endpoint of c0 goes away: its clients are drawn again, every other client
+    // keeps its endpoint, and the gone endpoint's set goes with it.
+    let gone = first["c0"].clone();
+    let kept: Vec<(&str, &str)> = eps.iter().copied().filter(|(n, _)| *n != gone).collect();
+    program(c.node(), &with(&kept), &[]);
+    let after = picks(&clients, "10.96.0.131");
+    for (client, server) in &first {
+        if *server == gone {
+            assert_ne!(
+                after[client], gone,
+                "{client} still reaches the gone endpoint"
+            );
+        } else {
+            assert_eq!(
+                &after[client], server,
+                "{client} lost its endpoint: {after:?}"
+            );
+        }
+    }
+    let gone_ip = eps.iter().find(|(n, _)| *n == gone).unwrap().1;
+    let sets = affinity_sets(c.node());
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    assert!(sets.keys().all(|n| set_endpoint(n) != gone_ip), "{sets:?}");
+}
+
+#[test]
+fn two_affinity_services_do_not_share_capacity() {
+    if !require_root_and_tools() {
+        return;
+    }
+    let mut c = Cluster::new();
+    for (name, ip) in [("a1", "10.244.0.151"), ("b1", "10.244.0.152")] {
+        c.add_pod(name, ip).spawn_tcp_server(ip, 8080).unwrap();
+    }
+    let client = c.add_pod("k", "10.244.0.160");
+    let yaml = nodes_yaml()
+        + &http_service(
+            "sa",
+            "10.96.0.151",
+            &[("10.244.0.151", NODE_A)],
+            &AFFINITY_3S,
+        )
+        + &http_service(
+            "sb",
+            "10.96.0.152",
+            &[("10.244.0.152", NODE_A)],
+            &AFFINITY_3S,
+        );
+    program(c.node(), &yaml, &[]);
+    let listed = c.node().nft_list_table("ip", "kube-nftproxy");
+    let sets = affinity_sets(c.node());
+    let names: Vec<&String> = sets.keys().collect();
+    assert_eq!(names.len(), 2, "one set per Service endpoint: {names:?}");
+    assert!(
+        names.iter().any(|n| n.contains("/sa/")) && names.iter().any(|n| n.contains("/sb/")),
+        "{names:?}"
+    );
+    // Each set has its own capacity: the kernel's default cap for a set `update` writes
+    // (we declare no size: a declared one is also the initial hash table size).
+    assert_eq!(listed.matches("size 65535").count(), 2, "{listed}");
+    ids(&client.tcp_requests("10.96.0.151", 80, 3, TIMEOUT), "sa");
+    let sets = affinity_sets(c.node());
+    for (name, clients) in &sets {
+        let want: BTreeSet<String> = if name.contains("/sa/") {
+            ["10.244.0.160".to_string()].into()
+        } else {
+            BTreeSet::new()
+        };
+        assert_eq!(clients, &want, "{name}: traffic to sa fills sa's set only");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 9. live endpoint change (partial sync)
 // ---------------------------------------------------------------------------

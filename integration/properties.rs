@@ -658,13 +658,19 @@ fn per_count(name: &str) -> bool {
         .is_some_and(|(base, n)| base.ends_with("-endpoints") && n.parse::<u32>().is_ok())
 }
 
-/// Set names (but the per-count maps) and base chain names of each table of an
+/// The dynamic set of one endpoint of a Service port with session affinity: only those
+/// Services add sets (see rules/README.md).
+fn per_endpoint(name: &str) -> bool {
+    name.starts_with("affinity-")
+}
+
+/// Set names (but the per-count maps and per-endpoint affinity sets) and base chain names of each table of an
 /// empty-cluster render.
 fn layout(t: &Table) -> (Vec<String>, Vec<String>) {
     (
         t.sets
             .iter()
-            .filter(|s| !per_count(&s.name))
+            .filter(|s| !per_count(&s.name) && !per_endpoint(&s.name))
             .map(|s| s.name.clone())
             .collect(),
         t.chains
@@ -749,7 +755,7 @@ fn check_table(t: &Table, expected_layout: &(Vec<String>, Vec<String>)) -> Resul
             for e in &r.exprs {
                 match e {
                     Expr::Lookup { set, .. } => sets.push(set),
-                    Expr::UpdateAffinity { map, .. } => sets.push(map),
+                    Expr::Update { set, .. } => sets.push(set),
                     _ => {}
                 }
             }

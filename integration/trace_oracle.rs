@@ -684,6 +684,91 @@ fn trace_predicts_every_kernel_flow() {
         )],
     ));
 
+    // 8b. Session affinity as upstream (per-endpoint sets): a client not seen before
+    // reaches any endpoint; what later connections reuse is the datapath's, not the
+    // tracer's (its dynamic sets are empty).
+    let sticky3 = [
+        "sessionAffinity: ClientIP",
+        "sessionAffinityConfig: {clientIP: {timeoutSeconds: 3}}",
+    ];
+    let t = "a_busy_affinity_client_stays_past_the_timeout";
+    failures.extend(check(
+        &(nodes_yaml()
+            + &http_service(
+                "sticky",
+                "10.96.0.111",
+                &[
+                    ("10.244.0.111", NODE_A),
+                    ("10.244.0.112", NODE_A),
+                    ("10.244.0.113", NODE_A),
+                    ("10.244.0.114", NODE_A),
+                ],
+                &sticky3,
+            )),
+        &[flow(
+            t,
+            "busy",
+            Pod,
+            "10.244.0.120",
+            "10.96.0.111",
+            80,
+            Served(
+                &[
+                    "10.244.0.111:8080",
+                    "10.244.0.112:8080",
+                    "10.244.0.113:8080",
+                    "10.244.0.114:8080",
+                ],
+                false,
+            ),
+        )],
+    ));
+    let t = "affinity_survives_scale_up_full_sync_and_forgets_only_a_gone_endpoint";
+    failures.extend(check(
+        &(nodes_yaml()
+            + &http_service(
+                "sticky",
+                "10.96.0.131",
+                &[("10.244.0.131", NODE_A), ("10.244.0.132", NODE_A)],
+                &["sessionAffinity: ClientIP"],
+            )),
+        &[flow(
+            t,
+            "c0",
+            Pod,
+            "10.244.0.140",
+            "10.96.0.131",
+            80,
+            Served(&["10.244.0.131:8080", "10.244.0.132:8080"], false),
+        )],
+    ));
+    let t = "two_affinity_services_do_not_share_capacity";
+    failures.extend(check(
+        &(nodes_yaml()
+            + &http_service("sa", "10.96.0.151", &[("10.244.0.151", NODE_A)], &sticky3)
+            + &http_service("sb", "10.96.0.152", &[("10.244.0.152", NODE_A)], &sticky3)),
+        &[
+            flow(
+                t,
+                "sa",
+                Pod,
+                "10.244.0.160",
+                "10.96.0.151",
+                80,
+                Served(&["10.244.0.151:8080"], false),
+            ),
+            flow(
+                t,
+                "sb",
+                Pod,
+                "10.244.0.160",
+                "10.96.0.152",
+                80,
+                Served(&["10.244.0.152:8080"], false),
+            ),
+        ],
+    ));
+
     // 9. endpoint_change_is_hitless: states A and B.
     let t = "endpoint_change_is_hitless";
     let others = http_service("other", "10.96.0.95", &[("10.244.0.93", NODE_A)], &[])

@@ -19,7 +19,7 @@ use crate::ruleset::diff;
 use crate::ruleset::ir::{ElementData, Family, Ruleset, Set, Table, Value};
 use crate::ruleset::tx::{replay, Transaction};
 use crate::ruleset::{
-    assemble, fragment, selection_chains, table_sets, Fragment, SlotCounts, SlotOrders,
+    assemble, count_sets, fragment, selection_chains, sort_sets, Fragment, SlotCounts, SlotOrders,
 };
 use crate::vocab::Note;
 
@@ -511,6 +511,15 @@ impl Desired {
         }
         self.slots.retain(|_, c| *c > 0);
         let counts_after = self.slot_counts(f);
+        // Sets that come and go with the change: the old fragments' affinity sets make
+        // way for the new ones' (the same name and declaration is kept, with what the
+        // datapath remembered in it), and the per-count endpoint maps follow the counts.
+        let mut gone: BTreeSet<String> = (old.iter().flat_map(|fr| &fr.sets))
+            .map(|s| s.name.clone())
+            .collect();
+        let mut added: Vec<Set> = (new.iter().flat_map(|fr| &fr.sets))
+            .map(Set::declaration)
+            .collect();
         if counts_before != counts_after {
             // A count coming into use brings its endpoint map and chain; one going out of
             // use takes them away. (A partial sync runs only with unchanged globals, so the
@@ -519,7 +528,25 @@ impl Desired {
             let miss = crate::ruleset::miss_mark(mark);
             before.chains.extend(selection_chains(&counts_before, miss));
             after.chains.extend(selection_chains(&counts_after, miss));
-            after.sets = table_sets(&counts_after);
+            gone.extend(count_sets(&counts_before).into_iter().map(|s| s.name));
+            added.extend(count_sets(&counts_after));
+        }
+        if !gone.is_empty() || !added.is_empty() {
+            // A set redeclared under its name (an affinity timeout changed) cannot be
+            // changed in place: the full sync replaces it.
+            let redeclared = added
+                .iter()
+                .any(|s| (before.sets.iter()).any(|b| b.name == s.name && b.declaration() != *s));
+            if redeclared {
+                return None;
+            }
+            after.sets.retain(|s| !gone.contains(&s.name));
+            for s in added {
+                if !after.sets.iter().any(|x| x.name == s.name) {
+                    after.sets.push(s);
+                }
+            }
+            sort_sets(&mut after.sets);
         }
         for ((set, key), (was, count, data)) in touched {
             let now = (count > 0).then_some(data);
@@ -1050,6 +1077,37 @@ mod tests {
         check(&mut d, &o4, true);
         let o5 = with(&o4, &[slice(1, &[8])]);
         check(&mut d, &o5, false);
+    }
+
+    #[test]
+    fn affinity_sets_follow_endpoints_partially_and_a_new_timeout_rebuilds() {
+        // Service 4 has session affinity (variant 0): one set per endpoint.
+        let (mut d, o) = start(5);
+        let affinity_sets = |d: &Desired| -> Vec<String> {
+            (d.ruleset().tables[0].sets.iter())
+                .filter(|s| s.flags.dynamic)
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        assert_eq!(affinity_sets(&d).len(), 3, "{:?}", affinity_sets(&d));
+        // One endpoint replaced: a partial sync deletes its set and adds the new one's,
+        // and nothing else touches a set.
+        let o2 = with(&o, &[slice(4, &[12, 13, 20])]);
+        let u = check(&mut d, &o2, false);
+        let set_ops: Vec<&Op> = (u.tx.ops.iter())
+            .filter(|op| {
+                matches!(
+                    op,
+                    Op::AddSet { .. } | Op::DeleteSet { .. } | Op::FlushSet { .. }
+                )
+            })
+            .collect();
+        assert_eq!(set_ops.len(), 2, "{set_ops:#?}");
+        // A new timeout redeclares every set of the Service: a full rebuild.
+        let mut svc = service(4, 0);
+        svc["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 60}});
+        let o3 = with(&o2, &[svc]);
+        check(&mut d, &o3, true);
     }
 
     #[test]

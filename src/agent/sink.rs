@@ -6,8 +6,9 @@ use crate::model::Model;
 use crate::nft::generation::generation;
 use crate::nft::monitor::Commits;
 use crate::nft::netlink;
+use crate::ruleset::diff;
 use crate::ruleset::ir::Ruleset;
-use crate::ruleset::tx::{Op, Transaction};
+use crate::ruleset::tx::Transaction;
 
 /// The agent's kernel sink: one netlink transaction per sync, then conntrack cleanup for
 /// UDP flows the change made stale.
@@ -20,19 +21,42 @@ pub struct KernelSink {
     commit_ack_delay: Option<Duration>,
 }
 
+/// The full sync of `desired` as a rewrite of what the kernel holds now.
+fn keep_what_is_there(desired: &Ruleset) -> Result<Transaction, netlink::NetlinkError> {
+    Ok(diff::full_keeping(desired, &netlink::present_all(desired)?))
+}
+
 impl super::reconcile::Sink for KernelSink {
     fn apply(&mut self, tx: &Transaction, desired: &Ruleset) -> Result<(), String> {
         // Appended in the same batch, without copying the (possibly full-sync) transaction.
-        let extra = if tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. })) {
+        let extra = if tx.is_full() {
             netlink::obsolete_tables(desired)
         } else {
             Vec::new()
+        };
+        // A full sync over tables the kernel already holds (the periodic sync, a Node
+        // change, an agent restart) rewrites them in place, keeping the dynamic sets: what
+        // session affinity remembered survives it (see rules/README.md).
+        let keeping;
+        let tx = if !tx.is_full() {
+            tx
+        } else {
+            match keep_what_is_there(desired) {
+                Ok(t) => {
+                    keeping = t;
+                    &keeping
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read our tables; full sync recreates them");
+                    tx
+                }
+            }
         };
         let decls = netlink::SetDecls::from_ruleset(desired);
         // The commit notification is listened for around partial syncs only: while a
         // listener exists the kernel builds a notification for every object a transaction
         // touches, which a full sync of 10,000 Services would pay for.
-        let full = tx.ops.iter().any(|o| matches!(o, Op::AddTable { .. }));
+        let full = tx.is_full();
         let commits = if full { None } else { Commits::listen().ok() };
         let before = generation().ok();
         let sent = Instant::now();
@@ -50,15 +74,14 @@ impl super::reconcile::Sink for KernelSink {
         };
         let after = done.as_ref().ok().and_then(|_| generation().ok());
         // The generation after our commit vouches for our tables only if ours was the one
-        // commit since `before`, and `before` was itself known to be ours (or this
-        // transaction replaced the tables wholesale). Otherwise another program committed in
-        // between (say, deleted one of our rules just before a partial sync), and the next
-        // check reads the tables back: taking `after` as ours would hide that for good.
-        let replaced =
-            !extra.is_empty() || tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }));
+        // commit since `before`, and `before` was itself known to be ours (or this was a
+        // full sync, which rewrites every chain and static set). Otherwise another program
+        // committed in between (say, deleted one of our rules just before a partial sync),
+        // and the next check reads the tables back: taking `after` as ours would hide that
+        // for good.
         self.generation = match (before, after) {
             (Some(b), Some(a))
-                if a == b.wrapping_add(1) && (replaced || self.generation == Some(b)) =>
+                if a == b.wrapping_add(1) && (full || self.generation == Some(b)) =>
             {
                 Some(a)
             }

@@ -56,7 +56,8 @@ pub fn apply(desired: &Ruleset) -> Result<Applied, ApplyError> {
     let previous = previous_in_kernel();
     let mut tx = match &previous {
         Some(prev) => diff::diff(prev, desired),
-        None => diff::full(desired),
+        // Over tables already there, keep what the datapath learned (session affinity).
+        None => diff::full_keeping_with(desired, &netlink::present_all(desired)?, true),
     };
     tx.ops.extend(netlink::obsolete_tables(desired));
     let decls = netlink::SetDecls::from_ruleset(desired);

@@ -304,6 +304,13 @@ fn step_text(s: &Step, o: &Owners) -> Option<(usize, String)> {
         Step::Choice { .. } => return None,
         Step::NoMatch => (3, "does not match: next rule".into()),
         Step::Mark(m) => (3, format!("mark is now {m:#010x}")),
+        Step::Remember { map, key, data } if data.is_empty() => (
+            3,
+            format!(
+                "remembers {} in @{map}",
+                crate::ruleset::ir::concat_text(key)
+            ),
+        ),
         Step::Remember { map, key, data } => (
             3,
             format!(

@@ -2,6 +2,9 @@
 //! set elements sorted one per line (the kernel lists hash sets in its own order and nft
 //! wraps them as it likes), the atomic-replace preamble dropped, blank lines ignored, and
 //! the counts of every `counter` zeroed (render prints zeros, the kernel what it counted).
+//! `size 65535` dropped: the kernel lists its default size for a set that an `update`
+//! statement writes, which render does not declare (a declared size is also the kernel's
+//! initial hash table size, 1.5 MB per affinity set at 65,535; see `nft::netlink::decl`).
 
 pub fn normalize(text: &str) -> String {
     let mut out = Vec::new();
@@ -11,6 +14,7 @@ pub fn normalize(text: &str) -> String {
         if t.is_empty()
             || t.starts_with("delete table ")
             || (t.starts_with("table ") && t.ends_with("{}"))
+            || t == "size 65535"
         {
             continue;
         }

@@ -509,8 +509,8 @@ impl<'t> Parser<'t> {
                     typed = Some((key, data));
                 }
                 "size" => {
-                    // Only the kernel's default for dynamic sets is ever printed; the IR
-                    // does not keep a size.
+                    // Only the kernel's default for dynamic sets is ever listed (we never
+                    // declare one, see `nft::netlink::decl`); the IR does not keep a size.
                     self.number::<u32>()?;
                 }
                 "flags" => loop {
@@ -996,28 +996,14 @@ impl<'t> Parser<'t> {
                 Item::Expr(Expr::Numgen { modulus, value })
             }
             "update" => {
-                let map = self.set_ref()?;
+                let set = self.set_ref()?;
                 let opened = self.open()?;
                 let key = self.fields(f, None)?;
-                self.keyword("timeout")?;
-                let timeout = self.duration()?;
-                self.keyword(":")?;
-                let al = self.line();
-                let a = self.word()?;
-                let addr = addr(&a, f, al)?;
-                self.keyword(".")?;
-                let port = self.number()?;
                 match self.peek_kind() {
                     Some(Kind::Close) => self.pos += 1,
-                    _ => return err(opened, "'{' of update is not closed after the data"),
+                    _ => return err(opened, "'{' of update is not closed after the key"),
                 }
-                Item::Expr(Expr::UpdateAffinity {
-                    map,
-                    key,
-                    timeout,
-                    addr,
-                    port,
-                })
+                Item::Expr(Expr::Update { set, key })
             }
             "dnat" => {
                 let fl = self.line();
@@ -1290,12 +1276,9 @@ mod tests {
                     Expr::MarkOr(1),
                     Expr::MarkXor(0x8000_0000),
                     Expr::Counter,
-                    Expr::UpdateAffinity {
-                        map: "m".into(),
+                    Expr::Update {
+                        set: "m".into(),
                         key: vec![Saddr, Dport],
-                        timeout: 5400,
-                        addr: a4,
-                        port: 80,
                     },
                 ],
                 Some(Verdict::Accept),

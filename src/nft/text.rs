@@ -216,10 +216,6 @@ fn set(out: &mut Out, f: Family, s: &Set) {
         }
     }
     out.push('\n');
-    if s.flags.dynamic {
-        // The kernel gives dynamic sets a default size and nft prints it.
-        out.push_str("\t\tsize 65535\n");
-    }
     let flags: Vec<&str> = [(s.flags.dynamic, "dynamic"), (s.flags.timeout, "timeout")]
         .iter()
         .filter(|(on, _)| *on)
@@ -441,17 +437,7 @@ fn expr(f: Family, e: &Expr) -> String {
         Expr::MarkOr(m) => format!("meta mark set meta mark | {}", mark(*m)),
         Expr::MarkXor(m) => format!("meta mark set meta mark ^ {}", mark(*m)),
         Expr::Counter => "counter packets 0 bytes 0".into(),
-        Expr::UpdateAffinity {
-            map,
-            key: k,
-            timeout,
-            addr,
-            port,
-        } => format!(
-            "update @{map} {{ {} timeout {} : {addr} . {port} }}",
-            key(f, k),
-            duration(*timeout)
-        ),
+        Expr::Update { set, key: k } => format!("update @{set} {{ {} }}", key(f, k)),
     }
 }
 
@@ -522,7 +508,7 @@ fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
         out.push_str("partial sync: no changes\n");
         return;
     }
-    let full = tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. }));
+    let full = tx.is_full();
     let count = |f: &dyn Fn(&Op) -> usize| tx.ops.iter().map(f).sum::<usize>();
     let chains = count(&|o| matches!(o, Op::AddChain { .. }) as usize);
     let rules = count(&|o| matches!(o, Op::AddRule { .. }) as usize);
@@ -550,6 +536,27 @@ fn describe_to(out: &mut Out, tx: &crate::ruleset::tx::Transaction) {
             if let Op::DeleteTable { family, name } = o {
                 let _ = writeln!(out, "= table {} {name} replaced", family_name(*family));
             }
+        }
+        let mut rewritten = Vec::new();
+        for o in &tx.ops {
+            if let Op::FlushChain {
+                family,
+                table,
+                chain,
+            } = o
+            {
+                let base = crate::ruleset::skeleton().chain(chain).map(|c| c.base);
+                if matches!(base, Some(Some(_))) && !rewritten.contains(&(family, table)) {
+                    rewritten.push((family, table));
+                }
+            }
+        }
+        for (family, name) in rewritten {
+            let _ = writeln!(
+                out,
+                "= table {} {name} rewritten in place (dynamic sets kept)",
+                family_name(*family)
+            );
         }
         return;
     }

@@ -183,6 +183,23 @@ pub fn selection_chains(counts: &SlotCounts, miss: u32) -> Vec<Chain> {
     out
 }
 
+/// The dynamic set of one endpoint's clients (session affinity), with the Service's
+/// timeout.
+fn affinity_set(name: String, timeout: u32) -> Set {
+    Set {
+        name,
+        key: vec![KeyType::Addr],
+        data: None,
+        flags: SetFlags {
+            dynamic: true,
+            timeout: true,
+        },
+        timeout: Some(timeout),
+        comment: None,
+        elements: Elements::new(),
+    }
+}
+
 /// The declarations of the per-count endpoint maps, in table order (by name).
 pub fn count_sets(counts: &SlotCounts) -> Vec<Set> {
     let mut out: Vec<Set> = KINDS
@@ -204,6 +221,16 @@ pub fn table_sets(counts: &SlotCounts) -> Vec<Set> {
     let mut out: Vec<Set> = skeleton().sets.iter().map(Set::declaration).collect();
     out.extend(count_sets(counts));
     out
+}
+
+/// Puts the sets after the skeleton's in name order (per-count endpoint maps and
+/// per-endpoint affinity sets together), the order `tx::replay` inserts them in.
+pub fn sort_sets(sets: &mut [Set]) {
+    let fixed = sets
+        .iter()
+        .take_while(|s| skeleton().set(&s.name).is_some())
+        .count();
+    sets[fixed..].sort_by(|x, y| x.name.cmp(&y.name));
 }
 
 /// Builds one table per family the node proxies, plus the notes for anything dropped.
@@ -242,6 +269,8 @@ pub struct Fragment {
     pub service: String,
     pub claims: Vec<Claim>,
     pub chains: Vec<Chain>,
+    /// Its own sets: one dynamic set per endpoint of a port with session affinity.
+    pub sets: Vec<Set>,
     /// One (endpoint map, endpoint count) per Service IP or NodePort entered in one.
     pub slots: Vec<(&'static str, u32)>,
     /// The slot order of each endpoint list entered in the endpoint maps.
@@ -270,6 +299,7 @@ pub fn fragment(
             .unwrap_or_default(),
         claims: b.claims,
         chains: b.chains,
+        sets: b.sets,
         slots: b.slots,
         orders: b.orders,
     }
@@ -342,6 +372,7 @@ pub fn assemble(
             }
         }
         b.chains.extend(fr.chains);
+        b.sets.extend(fr.sets);
     }
     b.selection();
     b.chains.sort_by(|x, y| x.name.cmp(&y.name));
@@ -369,6 +400,7 @@ struct TableBuilder<'a> {
     elements: BTreeMap<&'static str, BTreeMap<Vec<Value>, Option<ElementData>>>,
     claims: Vec<Claim>,
     chains: Vec<Chain>,
+    sets: Vec<Set>,
     slots: Vec<(&'static str, u32)>,
     slot_counts: SlotCounts,
     prev: Option<&'a SlotOrders>,
@@ -416,6 +448,7 @@ impl<'a> TableBuilder<'a> {
             elements: BTreeMap::new(),
             claims: Vec::new(),
             chains: Vec::new(),
+            sets: Vec::new(),
             slots: Vec::new(),
             slot_counts: SlotCounts::new(),
             prev: None,
@@ -507,6 +540,8 @@ impl<'a> TableBuilder<'a> {
             }
         }
         t.sets.extend(count_sets(&self.slot_counts));
+        t.sets.append(&mut self.sets);
+        sort_sets(&mut t.sets);
         for s in &mut t.sets {
             if let Some(elems) = self.elements.remove(s.name.as_str()) {
                 s.elements = elems;
@@ -796,6 +831,18 @@ impl<'a> TableBuilder<'a> {
             let rules = self.endpoint_rules(sp, &cat.local);
             self.chains.push(regular(&local_chain, rules));
         }
+        if let (false, Some(timeout)) = (shared, sp.affinity_timeout) {
+            // One set per endpoint the chains above pick from (the local chain's endpoints
+            // share the cluster chain's sets, as upstream's endpoint chains are shared).
+            let used = (has_cluster.then_some(&cat.cluster).into_iter())
+                .chain(has_local.then_some(&cat.local))
+                .flatten();
+            let names: BTreeSet<String> = used
+                .map(|ep| names::affinity_set(sp, ep.ip, ep.port))
+                .collect();
+            self.sets
+                .extend(names.into_iter().map(|name| affinity_set(name, timeout)));
+        }
         if !shared && uses_external_chain {
             let mut rules = Vec::new();
             if !etp_local {
@@ -891,20 +938,37 @@ impl<'a> TableBuilder<'a> {
 
     /// Equal-probability choice without a map: rule i of n matches with probability
     /// 1/(n-i) among the packets that reach it, which gives every endpoint 1/n overall.
+    /// With session affinity (always, for these chains) each endpoint has a dynamic set of
+    /// the clients it served: first a rule per endpoint sends a remembered client back to
+    /// it, refreshing its timeout; a client picked at random is added to the set of the
+    /// endpoint it got. As upstream's nftables mode, with the endpoint chain's statements
+    /// folded into the rules (see rules/README.md).
     fn endpoint_rules(&self, sp: &ServicePort, eps: &[&Endpoint]) -> Vec<Rule> {
         let mut rules = Vec::new();
-        if sp.affinity_timeout.is_some() {
-            rules.push(
-                Rule::new(
-                    vec![],
-                    Some(Verdict::DnatMap {
-                        proto: Some(sp.protocol),
-                        key: CONN_KEY.to_vec(),
-                        map: AFFINITY.into(),
-                    }),
+        let remember = |ep: &Endpoint| {
+            sp.affinity_timeout.map(|_| {
+                let set = names::affinity_set(sp, ep.ip, ep.port);
+                (
+                    Expr::Lookup {
+                        key: vec![Field::Saddr],
+                        set: set.clone(),
+                    },
+                    Expr::Update {
+                        set,
+                        key: vec![Field::Saddr],
+                    },
                 )
-                .with_comment("session affinity"),
-            );
+            })
+        };
+        let dnat = |ep: &Endpoint| Verdict::Dnat {
+            proto: sp.protocol,
+            addr: ep.ip,
+            port: ep.port,
+        };
+        for ep in eps {
+            if let Some((lookup, update)) = remember(ep) {
+                rules.push(Rule::new(vec![lookup, update], Some(dnat(ep))));
+            }
         }
         let n = eps.len();
         for (i, ep) in eps.iter().enumerate() {
@@ -916,23 +980,17 @@ impl<'a> TableBuilder<'a> {
                     value: 0,
                 });
             }
-            if let Some(t) = sp.affinity_timeout {
-                exprs.push(Expr::UpdateAffinity {
-                    map: AFFINITY.into(),
-                    key: CONN_KEY.to_vec(),
-                    timeout: t,
-                    addr: ep.ip,
-                    port: ep.port,
-                });
+            if let Some((_, update)) = remember(ep) {
+                exprs.push(update);
             }
-            rules.push(Rule::new(
-                exprs,
-                Some(Verdict::Dnat {
-                    proto: sp.protocol,
-                    addr: ep.ip,
-                    port: ep.port,
-                }),
-            ));
+            rules.push(Rule::new(exprs, Some(dnat(ep))));
+        }
+        // `update` fails when the endpoint's set is full (the kernel's default cap of
+        // 65,535 clients) and its rule then does not match: a client the draw leads past
+        // the last endpoint is served by it without being remembered, rather than leaving
+        // the chain un-NATed.
+        if let (Some(_), Some(last)) = (sp.affinity_timeout, eps.last()) {
+            rules.push(Rule::new(vec![], Some(dnat(last))).with_comment("not remembered"));
         }
         rules
     }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::ir::{Chain, Element, ElementData, Elements, Expr, Ruleset, Set, Table, Value};
+use super::ir::{Chain, Element, ElementData, Elements, Family, Ruleset, Set, Table, Value};
 use super::tx::{Op, Transaction};
 
 /// Replaces every table of `rs` atomically: create-if-missing, delete, recreate. There is
@@ -47,6 +47,130 @@ fn full_with(rs: &Ruleset, copy_elements: bool) -> Transaction {
         create_table(t, &mut ops, copy_elements);
     }
     Transaction { ops }
+}
+
+/// What one of our tables holds in the kernel, by name: the input of [`full_keeping`],
+/// read by the caller (the ruleset layer does not read the kernel).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Present {
+    /// Every chain, base chains included.
+    pub chains: BTreeSet<String>,
+    /// Every set and map, with whether it is declared exactly as the table being
+    /// programmed declares a set of that name (`false` for one the table does not want).
+    pub sets: BTreeMap<String, bool>,
+}
+
+/// A full sync that keeps what the datapath learned: like [`full_by_reference`], except
+/// that a table the kernel already holds (`present`, found by family and name; the
+/// caller passes `None` when its base chains or comment differ, and that table is
+/// recreated) is rewritten in place: every chain is flushed and refilled, every
+/// non-dynamic set flushed and refilled, what is no longer wanted deleted, and the
+/// dynamic sets declared as wanted (session affinity) left alone with their elements. One
+/// transaction, so the kernel never sees a half-programmed table.
+pub fn full_keeping(rs: &Ruleset, present: &[(Family, String, Option<Present>)]) -> Transaction {
+    full_keeping_with(rs, present, false)
+}
+
+/// [`full_keeping`], with every set's elements copied into the transaction (for callers
+/// that apply it without the ruleset at hand, as `apply` does).
+pub fn full_keeping_with(
+    rs: &Ruleset,
+    present: &[(Family, String, Option<Present>)],
+    copy_elements: bool,
+) -> Transaction {
+    let mut ops = Vec::new();
+    for t in &rs.tables {
+        let found = present
+            .iter()
+            .find(|(f, name, _)| *f == t.family && *name == t.name)
+            .and_then(|(_, _, p)| p.as_ref());
+        match found {
+            Some(p) => rewrite_table(t, p, &mut ops, copy_elements),
+            None => {
+                ops.push(Op::AddTable {
+                    family: t.family,
+                    name: t.name.clone(),
+                    comment: t.comment.clone(),
+                });
+                ops.push(Op::DeleteTable {
+                    family: t.family,
+                    name: t.name.clone(),
+                });
+                create_table(t, &mut ops, copy_elements);
+            }
+        }
+    }
+    Transaction { ops }
+}
+
+fn rewrite_table(t: &Table, p: &Present, ops: &mut Vec<Op>, copy_elements: bool) {
+    let (family, table) = (t.family, &t.name);
+    // 1. Empty every chain: no rule refers to a chain or set any more.
+    for c in &p.chains {
+        ops.push(Op::FlushChain {
+            family,
+            table: table.clone(),
+            chain: c.clone(),
+        });
+    }
+    // 2. Chains the kernel does not have yet, before map elements jump to them.
+    for c in t.chains.iter().filter(|c| !p.chains.contains(&c.name)) {
+        ops.push(add_chain(t, c));
+    }
+    // 3. Sets: unwanted or differently declared ones go (nothing refers to them now);
+    // wanted ones are refilled, except dynamic ones declared as wanted, kept as they are.
+    for (name, _) in p
+        .sets
+        .iter()
+        .filter(|(name, same)| !**same || t.set(name).is_none())
+    {
+        ops.push(Op::DeleteSet {
+            family,
+            table: table.clone(),
+            set: name.clone(),
+        });
+    }
+    for s in &t.sets {
+        match p.sets.get(&s.name) {
+            Some(true) if s.flags.dynamic => continue,
+            Some(true) => ops.push(Op::FlushSet {
+                family,
+                table: table.clone(),
+                set: s.name.clone(),
+            }),
+            _ => ops.push(Op::AddSet {
+                family,
+                table: table.clone(),
+                set: declaration(s),
+            }),
+        }
+        match (s.elements.is_empty(), copy_elements) {
+            (true, _) => {}
+            (false, true) => ops.push(Op::AddElements {
+                family,
+                table: table.clone(),
+                set: s.name.clone(),
+                elements: s.element_list(),
+            }),
+            (false, false) => ops.push(Op::FillSet {
+                family,
+                table: table.clone(),
+                set: s.name.clone(),
+            }),
+        }
+    }
+    // 4. Rules, which may look up any set and jump to any chain.
+    for c in &t.chains {
+        add_rules(t, c, ops);
+    }
+    // 5. Chains no longer wanted: empty since step 1, and no map element refers to them.
+    for c in p.chains.iter().filter(|c| t.chain(c).is_none()) {
+        ops.push(Op::DeleteChain {
+            family,
+            table: table.clone(),
+            chain: c.clone(),
+        });
+    }
 }
 
 fn create_table(t: &Table, ops: &mut Vec<Op>, copy_elements: bool) {
@@ -231,35 +355,6 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
         }
         add_rules(n, c, ops);
     }
-    // A rewritten or removed chain that remembered endpoints may leave affinity entries
-    // pointing at an endpoint that is gone; forget them all rather than pin clients to it.
-    // A rewrite that keeps every remembered endpoint (a scale-up) keeps what clients have.
-    let remembered = |c: &Chain| -> BTreeSet<(std::net::IpAddr, u16)> {
-        c.rules
-            .iter()
-            .flat_map(|r| &r.exprs)
-            .filter_map(|e| match e {
-                Expr::UpdateAffinity { addr, port, .. } => Some((*addr, *port)),
-                _ => None,
-            })
-            .collect()
-    };
-    let affinity_touched = rewrite
-        .iter()
-        .filter_map(|c| old_chains.get(c.name.as_str()).map(|old| (old, c)))
-        .any(|(old, new)| !remembered(old).is_subset(&remembered(new)))
-        || o.chains
-            .iter()
-            .any(|c| !new_names.contains(c.name.as_str()) && !remembered(c).is_empty());
-    if affinity_touched {
-        for s in n.sets.iter().filter(|s| s.flags.dynamic) {
-            ops.push(Op::FlushSet {
-                family: n.family,
-                table: n.name.clone(),
-                set: s.name.clone(),
-            });
-        }
-    }
     // 3. Set elements: delete what went away or changed its data, then add. A changed
     // element cannot be overwritten in place (the kernel answers EEXIST).
     for (os, ns) in o
@@ -268,6 +363,8 @@ fn diff_table(o: &Table, n: &Table, ops: &mut Vec<Op>) {
         .filter_map(|os| n.set(&os.name).map(|ns| (os, ns)))
     {
         if ns.flags.dynamic || os.elements == ns.elements {
+            // A set of a gone endpoint is deleted below (step 5), so only that
+            // endpoint's clients are forgotten; the other endpoints' sets stay as they are.
             continue; // dynamic sets are filled by the datapath
         }
         let (removed, added) = element_changes(&os.elements, &ns.elements);
@@ -403,33 +500,110 @@ mod tests {
         assert!(diff(&a, &a).is_empty());
     }
 
+    fn affinity(eps: &[&str], services: usize) -> String {
+        cluster(eps, services).replace(
+            "ports: [{name: p, port: 80}]}",
+            "ports: [{name: p, port: 80}], sessionAffinity: ClientIP}",
+        )
+    }
+
+    fn affinity_sets(rs: &Ruleset) -> BTreeSet<String> {
+        (rs.tables[0].sets.iter())
+            .filter(|s| s.flags.dynamic)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     #[test]
-    fn affinity_is_kept_on_scale_up_and_forgotten_when_an_endpoint_goes() {
-        let affinity = |eps: &[&str]| {
-            cluster(eps, 1).replace(
-                "ports: [{name: p, port: 80}]}",
-                "ports: [{name: p, port: 80}], sessionAffinity: ClientIP}",
-            )
-        };
-        let two = render(&affinity(&["10.244.0.2", "10.244.0.3"]));
-        let three = render(&affinity(&["10.244.0.2", "10.244.0.3", "10.244.0.4"]));
-        let flushes = |tx: &Transaction| {
-            tx.ops
-                .iter()
-                .filter(|o| matches!(o, Op::FlushSet { set, .. } if set == "affinity"))
-                .count()
+    fn affinity_sets_are_per_endpoint_and_only_a_gone_endpoints_set_goes() {
+        let two = render(&affinity(&["10.244.0.2", "10.244.0.3"], 2));
+        let three = render(&affinity(&["10.244.0.2", "10.244.0.3", "10.244.0.4"], 2));
+        // One set per Service and endpoint: two Services never share one.
+        assert_eq!(affinity_sets(&two).len(), 4, "{:?}", affinity_sets(&two));
+        assert_eq!(affinity_sets(&three).len(), 6);
+        let touched = |tx: &Transaction| -> Vec<String> {
+            (tx.ops.iter())
+                .filter_map(|o| match o {
+                    Op::DeleteSet { set, .. } | Op::FlushSet { set, .. } => Some(set.clone()),
+                    Op::DeleteElements { set, .. } if set.starts_with("affinity-") => {
+                        Some(set.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
         };
         let up = diff(&two, &three);
-        assert!(!up.is_empty());
-        assert_eq!(
-            flushes(&up),
-            0,
-            "scale-up keeps remembered clients: {up:#?}"
-        );
+        assert!(touched(&up).is_empty(), "scale-up keeps every set: {up:#?}");
         assert_eq!(simulate(&two, &up), three);
         let down = diff(&three, &two);
-        assert_eq!(flushes(&down), 1, "a gone endpoint is forgotten: {down:#?}");
+        let gone: Vec<String> = affinity_sets(&three)
+            .difference(&affinity_sets(&two))
+            .cloned()
+            .collect();
+        assert_eq!(
+            touched(&down),
+            gone,
+            "only the gone endpoint's sets: {down:#?}"
+        );
+        assert!(
+            gone.iter().all(|s| s.contains("__10.244.0.4/8080")),
+            "{gone:?}"
+        );
         assert_eq!(simulate(&three, &down), two);
+    }
+
+    /// What the kernel holds after programming `rs`, as `full_keeping` sees it.
+    fn present_of(rs: &Ruleset, wanted: &Ruleset) -> Vec<(Family, String, Option<Present>)> {
+        (rs.tables.iter())
+            .map(|t| {
+                let w = wanted.tables.iter().find(|w| w.family == t.family);
+                let p = Present {
+                    chains: t.chains.iter().map(|c| c.name.clone()).collect(),
+                    sets: (t.sets.iter())
+                        .map(|s| {
+                            let same = w
+                                .and_then(|w| w.set(&s.name))
+                                .is_some_and(|x| x.declaration() == s.declaration());
+                            (s.name.clone(), same)
+                        })
+                        .collect(),
+                };
+                (t.family, t.name.clone(), Some(p))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_sync_over_our_table_keeps_dynamic_sets_and_their_clients() {
+        // Plain Services beside the affinity ones, under other names and IPs.
+        let plain = |eps: &[&str], n| {
+            (cluster(eps, n).replace("name: s", "name: q")).replace("10.96.0.", "10.96.1.")
+        };
+        let old =
+            render(&(affinity(&["10.244.0.2", "10.244.0.3"], 2) + &plain(&["10.244.0.9"], 3)));
+        // The datapath remembered a client of every endpoint.
+        let mut kernel = old.clone();
+        for s in kernel.tables[0].sets.iter_mut().filter(|s| s.flags.dynamic) {
+            s.elements
+                .insert(vec![Value::Addr("192.0.2.7".parse().unwrap())], None);
+        }
+        // The new state drops one endpoint of each affinity Service and changes the plain
+        // Services' endpoint count: sets, chains and maps come and go.
+        let new =
+            render(&(affinity(&["10.244.0.2"], 2) + &plain(&["10.244.0.9", "10.244.0.8"], 2)));
+        let tx = full_keeping_with(&new, &present_of(&kernel, &new), true);
+        assert!(!tx.ops.iter().any(|o| matches!(o, Op::DeleteTable { .. })));
+        let got = simulate(&kernel, &tx);
+        let mut want = new.clone();
+        for s in want.tables[0].sets.iter_mut().filter(|s| s.flags.dynamic) {
+            s.elements
+                .insert(vec![Value::Addr("192.0.2.7".parse().unwrap())], None);
+        }
+        assert_eq!(got, want, "the new table, with the kept endpoint's clients");
+        assert_eq!(affinity_sets(&got).len(), 2);
+        // From nothing (or a table that is not ours to keep) it is the plain full sync.
+        let fresh = full_keeping_with(&new, &[], true);
+        assert_eq!(simulate(&Ruleset::default(), &fresh), new);
     }
 
     #[test]

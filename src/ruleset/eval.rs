@@ -162,7 +162,8 @@ pub enum Step {
     },
     /// The packet's mark after a `meta mark set`.
     Mark(u32),
-    /// `update @map { ... }`: the datapath would remember this endpoint.
+    /// `update @set { ... }`: the datapath would remember this client (in the set of the
+    /// endpoint the rule picks; `data` is empty for a set).
     Remember {
         map: String,
         key: Vec<Value>,
@@ -684,18 +685,12 @@ impl<'a> Run<'a> {
                 self.steps.push(Step::Mark(self.mark));
                 true
             }
-            Expr::UpdateAffinity {
-                map,
-                key,
-                addr,
-                port,
-                ..
-            } => {
+            Expr::Update { set, key } => {
                 let key = (key.iter().map(|f| self.field(*f))).collect::<Result<Vec<_>, _>>()?;
                 self.steps.push(Step::Remember {
-                    map: map.clone(),
+                    map: set.clone(),
                     key,
-                    data: vec![Value::Addr(*addr), Value::Port(*port)],
+                    data: Vec::new(),
                 });
                 true
             }

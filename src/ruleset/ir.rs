@@ -367,14 +367,10 @@ pub enum Expr {
     /// render prints `counter packets 0 bytes 0`, and comparisons with `nft list` zero the
     /// live counts (`nft::normalize`).
     Counter,
-    /// `update @map { key timeout T : addr . port }`: remember the chosen endpoint.
-    UpdateAffinity {
-        map: String,
-        key: Vec<Field>,
-        timeout: u32,
-        addr: IpAddr,
-        port: u16,
-    },
+    /// `update @set { key }`: add the packet's key to a dynamic set, or refresh the timeout
+    /// of the element already there (the set's default timeout): session affinity
+    /// remembers a client in its endpoint's set (see rules/README.md).
+    Update { set: String, key: Vec<Field> },
 }
 
 /// How a rule ends. Statements that end evaluation (NAT, reject) are verdicts here because

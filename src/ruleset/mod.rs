@@ -11,7 +11,7 @@ pub mod tx;
 
 pub use build::{
     assemble, build, canonical_slots, count_map, count_sets, fragment, select_chain,
-    selection_chains, stable_order, table_sets, Assembled, Claim, Fragment, SlotCounts,
+    selection_chains, sort_sets, stable_order, table_sets, Assembled, Claim, Fragment, SlotCounts,
     SlotOrderKey, SlotOrders,
 };
 pub use skeleton::{miss_mark, skeleton, TABLE_NAME};

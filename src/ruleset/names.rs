@@ -31,6 +31,21 @@ fn hash_and_truncate(name: &str) -> String {
     out
 }
 
+/// The dynamic set remembering the clients of one endpoint of a Service port with session
+/// affinity, as upstream names it: `affinity-<hash>-ns/name/proto/port__10.244.0.2/8080`
+/// (an IPv6 address with dots for colons, which nft does not allow in a name).
+pub fn affinity_set(sp: &ServicePort, ip: std::net::IpAddr, port: u16) -> String {
+    let raw = format!(
+        "{}/{}/{}/{}__{}/{port}",
+        sp.namespace,
+        sp.name,
+        sp.protocol.name(),
+        sp.port_name,
+        ip.to_string().replace(':', ".")
+    );
+    format!("affinity-{}", hash_and_truncate(&raw))
+}
+
 pub fn service_chain(base: &str) -> String {
     format!("service-{base}")
 }

@@ -19,7 +19,6 @@ pub const TABLE_NAME: &str = "kube-nftproxy";
 pub(super) const CLUSTER_IPS: &str = "cluster-ips";
 pub(super) const NODEPORT_IPS: &str = "nodeport-ips";
 pub(super) const HAIRPIN: &str = "hairpin-connections";
-pub(super) const AFFINITY: &str = "affinity";
 pub(super) const SERVICE_IPS: &str = "service-ips";
 pub(super) const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub(super) const NO_EP_SERVICES: &str = "no-endpoint-services";
@@ -73,7 +72,6 @@ fn table() -> Table {
     use KeyType::{Addr, Proto, Service};
     let vip = || vec![Addr, Proto, Service];
     let port = || vec![Proto, Service];
-    let endpoint = || Some(MapData::Values(vec![Addr, Service]));
     let verdicts = || Some(MapData::Verdict);
     Table {
         family: Family::V4,
@@ -93,18 +91,6 @@ fn table() -> Table {
                 None,
                 "local endpoints reaching themselves through a Service",
             ),
-            Set {
-                flags: SetFlags {
-                    dynamic: true,
-                    timeout: true,
-                },
-                ..set(
-                    AFFINITY,
-                    vec![Addr, Addr, Proto, Service],
-                    endpoint(),
-                    "ClientIP session affinity: client . VIP . proto . port to endpoint",
-                )
-            },
             set(
                 SERVICE_IPS,
                 vip(),

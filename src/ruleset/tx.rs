@@ -90,6 +90,19 @@ impl Transaction {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Whether this is a full sync: it replaces a table, or rewrites one in place
+    /// (`diff::full_keeping` flushes the base chains, which a partial sync never touches:
+    /// their rules are fixed by the skeleton).
+    pub fn is_full(&self) -> bool {
+        self.ops.iter().any(|o| match o {
+            Op::DeleteTable { .. } => true,
+            Op::FlushChain { chain, .. } => super::skeleton::skeleton()
+                .chain(chain)
+                .is_some_and(|c| c.base.is_some()),
+            _ => false,
+        })
+    }
 }
 
 /// Why a transaction does not fit the ruleset it is replayed on: the kernel would refuse

@@ -1,7 +1,7 @@
 //! Reading our tables back: chains with rule counts, sets and their elements, as plain
 //! data comparable with what the IR wants ([`summarize`]); deleting whole tables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use rustables::expr::VerdictKind;
@@ -13,6 +13,7 @@ use rustables::{
 
 use super::text;
 use super::*;
+use crate::ruleset::diff::Present;
 use crate::ruleset::ir::{self, Family, Ruleset};
 use crate::ruleset::tx::{Op, Transaction};
 use crate::ruleset::TABLE_NAME;
@@ -233,6 +234,72 @@ pub fn read_table(family: Family, name: &str) -> Result<Option<KernelTable>, Net
         chains,
         sets,
     }))
+}
+
+/// What a full sync may keep of our table `t` as the kernel holds it (for
+/// [`crate::ruleset::diff::full_keeping`]): its chains, and its sets with whether each is
+/// declared as `t` declares it. Chains and sets only (no rules or elements), so it is cheap
+/// at any size. `None` when there is no such table, or when its comment or a base chain
+/// differs from `t`'s (another version's skeleton: the full sync recreates the table).
+pub fn present(t: &ir::Table) -> Result<Option<Present>, NetlinkError> {
+    let pf = nl_family(t.family);
+    let Some(table) = list_tables()?
+        .into_iter()
+        .find(|k| k.get_family() == pf && k.get_name().map(String::as_str) == Some(&t.name))
+    else {
+        return Ok(None);
+    };
+    if table.get_comment() != t.comment {
+        return Ok(None);
+    }
+    let want = |name: &str| t.chain(name);
+    let mut chains = BTreeSet::new();
+    for c in list_chains_for_table(&table)? {
+        let name = c.get_name().cloned().unwrap_or_default();
+        let base = c.get_hook().map(|h| {
+            (
+                c.get_type().map(nl_chain_type_name).unwrap_or(""),
+                h.get_class().copied().unwrap_or(u32::MAX),
+                h.get_priority().map(|p| *p as i32).unwrap_or(0),
+            )
+        });
+        let wanted_base = want(&name).map(|w| {
+            w.base.map(|b| {
+                (
+                    nl_chain_type_name(&nl_chain_type(b.kind)),
+                    hook_class(b.hook) as u32,
+                    b.priority,
+                )
+            })
+        });
+        let same_comment = want(&name).is_none_or(|w| w.comment == c.get_comment());
+        match wanted_base {
+            Some(w) if w != base || !same_comment => return Ok(None),
+            None if base.is_some() => return Ok(None),
+            _ => {}
+        }
+        chains.insert(name);
+    }
+    if (t.chains.iter()).any(|c| c.base.is_some() && !chains.contains(&c.name)) {
+        return Ok(None);
+    }
+    let mut sets = BTreeMap::new();
+    for nl in list_sets_for_table(&table)? {
+        let have = kernel_set(&nl);
+        let same = match t.set(&have.name) {
+            Some(w) => nl_set(t.family, &t.name, w).is_ok_and(|w| kernel_set(&w) == have),
+            None => false,
+        };
+        sets.insert(have.name, same);
+    }
+    Ok(Some(Present { chains, sets }))
+}
+
+/// [`present`] for every table of `rs`, as [`crate::ruleset::diff::full_keeping`] takes it.
+pub fn present_all(rs: &Ruleset) -> Result<Vec<(Family, String, Option<Present>)>, NetlinkError> {
+    (rs.tables.iter())
+        .map(|t| Ok((t.family, t.name.clone(), present(t)?)))
+        .collect()
 }
 
 /// What [`read_table`] returns once `table` is programmed (dynamic sets' elements left

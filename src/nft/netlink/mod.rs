@@ -37,8 +37,9 @@ pub use batch::{apply, apply_with, to_batch, to_batch_with, ApplyStats, Desc};
 pub use decl::SetDecls;
 pub use error::NetlinkError;
 pub use listing::{
-    delete_tables, differences, obsolete_tables, read_table, summarize, tables_present,
-    KernelBaseChain, KernelChain, KernelData, KernelElement, KernelSet, KernelTable,
+    delete_tables, differences, obsolete_tables, present, present_all, read_table, summarize,
+    tables_present, KernelBaseChain, KernelChain, KernelData, KernelElement, KernelSet,
+    KernelTable,
 };
 pub use readback::{read_ir_table, read_ruleset};
 
@@ -91,6 +92,3 @@ pub(super) fn set_kind(s: &Set) -> &'static str {
         "set"
     }
 }
-
-/// The size nft gives a dynamic set that declares none (and lists as `size 65535`).
-pub(super) const DYNAMIC_SET_SIZE: u32 = 65535;

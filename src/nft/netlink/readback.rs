@@ -347,12 +347,10 @@ enum Atom {
     },
     ImmData(u32, Vec<u8>),
     ImmVerdict(VerdictKind),
-    /// `update @set { key : data }` with a timeout in ms.
+    /// `update @set { key }` with no data and no timeout of its own (the set's applies).
     DynsetUpdate {
         set: String,
         key: u32,
-        data: u32,
-        timeout_ms: u64,
     },
     /// `dnat` of this table's family to the address in `addr` and the port in `port`.
     Dnat {
@@ -521,13 +519,13 @@ fn atom(f: Family, e: &RawExpression) -> Atom {
         ExpressionVariant::Dynset(d) => {
             let (k, dt) = (unit(d.get_sreg_key()), unit(d.get_sreg_data()));
             let flags = d.get_flags().copied().unwrap_or(0);
-            match (d.get_op(), d.get_set_name(), k, dt, d.get_timeout(), flags) {
-                (Some(DynsetOp::Update), Some(set), Some(key), Some(data), Some(&t), 0) => {
+            // The kernel dumps a timeout of 0 for "the set's own".
+            let own_timeout = d.get_timeout().is_some_and(|t| *t != 0);
+            match (d.get_op(), d.get_set_name(), k, dt, own_timeout, flags) {
+                (Some(DynsetOp::Update), Some(set), Some(key), None, false, 0) => {
                     Some(Atom::DynsetUpdate {
                         set: set.clone(),
                         key,
-                        data,
-                        timeout_ms: t,
                     })
                 }
                 _ => None,
@@ -741,8 +739,7 @@ fn expr_shape(f: Family, a: &[Atom]) -> Option<(Expr, usize)> {
 
 /// The expressions that start by loading a key.
 fn keyed_expr_shape(f: Family, a: &[Atom]) -> Option<(Expr, usize)> {
-    let (key, n, next) = key_shape(f, a)?;
-    let addr_units = addr_len(f).div_ceil(4);
+    let (key, n, _) = key_shape(f, a)?;
     match &a[n..] {
         [Atom::Lookup {
             unit: 0,
@@ -755,23 +752,13 @@ fn keyed_expr_shape(f: Family, a: &[Atom]) -> Option<(Expr, usize)> {
             },
             n + 1,
         )),
-        [Atom::ImmData(du, addr), Atom::ImmData(pu, port), Atom::DynsetUpdate {
-            set,
-            key: 0,
-            data,
-            timeout_ms,
-        }, ..]
-            if *du == next && *pu == next + addr_units && data == du && timeout_ms % 1000 == 0 =>
-        {
-            let e = Expr::UpdateAffinity {
-                map: set.clone(),
+        [Atom::DynsetUpdate { set, key: 0 }, ..] => Some((
+            Expr::Update {
+                set: set.clone(),
                 key,
-                timeout: u32::try_from(timeout_ms / 1000).ok()?,
-                addr: addr_of(f, addr)?,
-                port: u16::from_be_bytes(port.as_slice().try_into().ok()?),
-            };
-            Some((e, n + 3))
-        }
+            },
+            n + 1,
+        )),
         _ => None,
     }
 }

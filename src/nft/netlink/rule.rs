@@ -210,27 +210,12 @@ impl RuleBuilder<'_> {
             Expr::Counter => {
                 self.push(Counter::default().with_nb_bytes(0u64).with_nb_packets(0u64))
             }
-            Expr::UpdateAffinity {
-                map,
-                key,
-                timeout,
-                addr,
-                port,
-            } => {
-                let data = self.load_key(key, 0)?;
-                let port_unit = data + addr_len(f).div_ceil(4);
-                if port_unit >= REG32_UNITS {
-                    return Err(self.err("key and data longer than the registers"));
-                }
-                let (addr_reg, port_reg) = (self.reg(data)?, self.reg(port_unit)?);
-                let addr = self.addr_bytes(addr)?;
-                self.push(Immediate::new_data(addr, addr_reg));
-                self.push(Immediate::new_data(port.to_be_bytes().to_vec(), port_reg));
-                let s = sets.lookup_target(f, map, self.object)?;
-                let d = Dynset::update(s, Register::Reg1)
-                    .map_err(|e| self.err(e.to_string()))?
-                    .with_sreg_data(addr_reg)
-                    .with_timeout(u64::from(*timeout) * 1000);
+            Expr::Update { set, key } => {
+                // No timeout of its own: the kernel then refreshes an existing element with
+                // the set's default timeout, as upstream's `update @affinity-… { ip saddr }`.
+                self.load_key(key, 0)?;
+                let s = sets.lookup_target(f, set, self.object)?;
+                let d = Dynset::update(s, Register::Reg1).map_err(|e| self.err(e.to_string()))?;
                 self.push(d);
             }
         }
