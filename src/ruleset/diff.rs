@@ -35,18 +35,24 @@ fn full_with(rs: &Ruleset, copy_elements: bool) -> Transaction {
         .sum();
     let mut ops = Vec::with_capacity(count);
     for t in &rs.tables {
-        ops.push(Op::AddTable {
-            family: t.family,
-            name: t.name.clone(),
-            comment: t.comment.clone(),
-        });
-        ops.push(Op::DeleteTable {
-            family: t.family,
-            name: t.name.clone(),
-        });
-        create_table(t, &mut ops, copy_elements);
+        replace_table(t, &mut ops, copy_elements);
     }
     Transaction { ops }
+}
+
+/// `t` created afresh: added (so the delete cannot fail), deleted with all it holds, and
+/// built again, in one transaction.
+fn replace_table(t: &Table, ops: &mut Vec<Op>, copy_elements: bool) {
+    ops.push(Op::AddTable {
+        family: t.family,
+        name: t.name.clone(),
+        comment: t.comment.clone(),
+    });
+    ops.push(Op::DeleteTable {
+        family: t.family,
+        name: t.name.clone(),
+    });
+    create_table(t, ops, copy_elements);
 }
 
 /// What one of our tables holds in the kernel, by name: the input of [`full_keeping`],
@@ -86,18 +92,7 @@ pub fn full_keeping_with(
             .and_then(|(_, _, p)| p.as_ref());
         match found {
             Some(p) => rewrite_table(t, p, &mut ops, copy_elements),
-            None => {
-                ops.push(Op::AddTable {
-                    family: t.family,
-                    name: t.name.clone(),
-                    comment: t.comment.clone(),
-                });
-                ops.push(Op::DeleteTable {
-                    family: t.family,
-                    name: t.name.clone(),
-                });
-                create_table(t, &mut ops, copy_elements);
-            }
+            None => replace_table(t, &mut ops, copy_elements),
         }
     }
     Transaction { ops }
