@@ -1299,30 +1299,27 @@ impl State {
         Some(obj)
     }
 
-    /// The objects of resource `idx` as they were at `rv`, or None if the
-    /// history no longer reaches back that far.
-    fn snapshot(&self, idx: usize, rv: u64) -> Option<BTreeMap<Key, Value>> {
+    /// The objects of resource `idx` changed since `rv`, each as it was at `rv` (`None`:
+    /// it did not exist then), or None if the history no longer reaches back that far.
+    fn changed_since(&self, idx: usize, rv: u64) -> Option<BTreeMap<Key, Option<Value>>> {
         let s = &self.stores[idx];
-        if rv >= self.rv {
-            return Some(s.objects.clone());
-        }
         if rv < s.min_rv {
             return None;
         }
-        let mut objs = s.objects.clone();
+        let mut past = BTreeMap::new();
+        // Newest first, so the oldest change after `rv` has the last word.
         for ev in s.history.iter().rev().take_while(|e| e.rv > rv) {
-            let k = obj_key(&ev.obj);
             match (&ev.ty, &ev.prev) {
                 (EvType::Added, _) => {
-                    objs.remove(&k);
+                    past.insert(obj_key(&ev.obj), None);
                 }
                 (_, Some(p)) => {
-                    objs.insert(k, p.clone());
+                    past.insert(obj_key(&ev.obj), Some(p.clone()));
                 }
                 (_, None) => {}
             }
         }
-        Some(objs)
+        Some(past)
     }
 }
 
@@ -1376,28 +1373,33 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<(u16
         Some(Ok(n)) if n >= 0 => n as usize,
         Some(_) => return Err((400, "invalid limit".into())),
     };
+    // As the API server's watch cache does: a list at resourceVersion 0 (any version not
+    // older than 0) is answered whole, `limit` ignored (client-go's reflector, and kube's
+    // watcher with `any_semantic`, list this way).
+    let exact = q.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+    let from_cache = q.get("resourceVersion").map(String::as_str) == Some("0")
+        && !exact
+        && q.get("continue").is_none_or(|c| c.is_empty());
+    let limit = if from_cache { 0 } else { limit };
     let (snap_rv, after) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let (rv, k) = decode_continue(c).ok_or((400, "invalid continue token".to_string()))?;
             (rv, Some(k))
         }
-        None => {
-            let exact = q.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
-            match q.get("resourceVersion").map(|r| r.parse::<u64>()) {
-                Some(Ok(rv)) if exact => (rv, None),
-                Some(Err(_)) if exact => return Err((400, "invalid resourceVersion".into())),
-                _ => (st.rv, None),
-            }
-        }
+        None => match q.get("resourceVersion").map(|r| r.parse::<u64>()) {
+            Some(Ok(rv)) if exact => (rv, None),
+            Some(Err(_)) if exact => return Err((400, "invalid resourceVersion".into())),
+            _ => (st.rv, None),
+        },
     };
-    // A list at the current resource version (every page of a list nobody writes to in
-    // the meantime) reads the store in place and copies only the page: copying the whole
-    // store per page made listing 10,000 objects in pages of 500 take seconds.
-    let past;
-    let objs = if snap_rv >= st.rv {
-        &st.stores[t.idx].objects
+    // The store as it was at `snap_rv`: the current objects, overlaid with the state at
+    // `snap_rv` of those changed since (usually none, or a few: an Event the client wrote
+    // while listing). Only the page is copied: copying the whole store per page made
+    // listing 45,000 objects in pages of 500 take half a minute.
+    let overlay = if snap_rv >= st.rv {
+        BTreeMap::new()
     } else {
-        past = st.snapshot(t.idx, snap_rv).ok_or_else(|| {
+        st.changed_since(t.idx, snap_rv).ok_or_else(|| {
             (
                 410,
                 if after.is_some() {
@@ -1408,20 +1410,37 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<(u16
                     format!("too old resource version: {snap_rv} ({})", st.rv)
                 },
             )
-        })?;
-        &past
+        })?
     };
-    let mut items = Vec::new();
-    let mut cont = None;
-    let mut matching = objs
-        .range::<Key, _>((
+    let lower = || {
+        (
             after
                 .as_ref()
                 .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
             std::ops::Bound::Unbounded,
-        ))
-        .filter(|(_, o)| filter.matches(o))
-        .peekable();
+        )
+    };
+    let mut now = st.stores[t.idx].objects.range::<Key, _>(lower()).peekable();
+    let mut then = overlay.range::<Key, _>(lower()).peekable();
+    // Both in key order; a key in both takes the overlay's (past) state.
+    let objs = std::iter::from_fn(|| loop {
+        let (k, v) = match (now.peek(), then.peek()) {
+            (None, None) => return None,
+            (Some((a, _)), Some((b, _))) if a < b => now.next().map(|(k, v)| (k, Some(v)))?,
+            (Some((a, _)), Some((b, _))) if a == b => {
+                now.next();
+                then.next().map(|(k, v)| (k, v.as_ref()))?
+            }
+            (_, Some(_)) => then.next().map(|(k, v)| (k, v.as_ref()))?,
+            (Some(_), None) => now.next().map(|(k, v)| (k, Some(v)))?,
+        };
+        if let Some(v) = v {
+            return Some((k, v));
+        }
+    });
+    let mut items = Vec::new();
+    let mut cont = None;
+    let mut matching = objs.filter(|(_, o)| filter.matches(o)).peekable();
     while let Some((k, o)) = matching.next() {
         items.push(strip_type(o.clone()));
         if limit > 0 && items.len() == limit {
@@ -1431,7 +1450,6 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Result<(u16
             break;
         }
     }
-    drop(st);
     let r = &RESOURCES[t.idx];
     let mut meta = Map::new();
     meta.insert("resourceVersion".into(), json!(snap_rv.to_string()));

@@ -371,7 +371,17 @@ pub async fn start(
     endpoints_api: EndpointsApi,
     changes: Arc<Changes>,
 ) -> Stores {
-    let selected = || watcher::Config::default().labels(PROXY_SELECTOR);
+    // Lists at resourceVersion 0, as client-go's reflector lists: the API server answers
+    // from its watch cache, whole (the cache ignores `limit`), instead of 500-object pages
+    // read from etcd; at 10,000 Services that is one request per kind instead of 20, which
+    // the client's qps limit (5/s by default, as kube-proxy's) spread over 7 seconds. No
+    // page size: kube leaves out `resourceVersion=0` when a list has a limit.
+    let config = || {
+        let mut c = watcher::Config::default().any_semantic();
+        c.page_size = None;
+        c
+    };
+    let selected = || config().labels(PROXY_SELECTOR);
     let use_slices = match endpoints_api {
         EndpointsApi::Endpointslices => true,
         EndpointsApi::Endpoints => false,
@@ -401,19 +411,19 @@ pub async fn start(
     let endpoints = (!use_slices).then(|| {
         watch::<_, Endpoints>(
             Api::<api::Endpoints>::all(client.clone()),
-            watcher::Config::default().labels("!service.kubernetes.io/headless"),
+            config().labels("!service.kubernetes.io/headless"),
             changes.clone(),
         )
     });
     let nodes = watch::<_, Node>(
         Api::<api::Node>::all(client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        config().fields(&format!("metadata.name={node_name}")),
         changes.clone(),
     );
     let service_cidrs = with_cidrs.then(|| {
         watch::<_, ServiceCidr>(
             Api::<api::ServiceCIDR>::all(client.clone()),
-            watcher::Config::default(),
+            config(),
             changes.clone(),
         )
     });
