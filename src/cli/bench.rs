@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod upstream;
+
 use crate::cli::synthetic;
 use crate::model::options::Options;
 use crate::nft::{netlink, text};
