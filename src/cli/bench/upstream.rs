@@ -201,6 +201,20 @@ impl Layout {
         out
     }
 
+    /// How many chains the tables hold (both families).
+    pub fn chain_count(&self) -> usize {
+        self.families
+            .iter()
+            .map(|fl| {
+                fl.skeleton.matches("add chain ").count()
+                    + fl.services
+                        .values()
+                        .map(|(_, o)| o.chains.len())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     /// Moves the layout to `m` and returns the `nft -f` script that moves the kernel along,
     /// as kube-proxy's partial sync does: every chain of each changed Service port is
     /// re-added, flushed and refilled; elements change only where they differ.
