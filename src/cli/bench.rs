@@ -244,6 +244,8 @@ pub enum Timed {
     /// Killed at `CAP`.
     Capped,
     Failed(String),
+    /// Not attempted (the upstream layout's cold start did not finish).
+    NotRun,
 }
 
 impl Timed {
@@ -259,6 +261,7 @@ impl Timed {
             Timed::Done(d) => format!("{:.2} ms", ms(*d)),
             Timed::Capped => format!(">{} s", CAP.as_secs()),
             Timed::Failed(e) => format!("failed: {}", e.lines().next().unwrap_or("")),
+            Timed::NotRun => "not run".into(),
         }
     }
     /// For the CSV: milliseconds, `>120000` or `failed`.
@@ -267,6 +270,7 @@ impl Timed {
             Timed::Done(d) => format!("{:.3}", ms(*d)),
             Timed::Capped => format!(">{}", CAP.as_millis()),
             Timed::Failed(_) => "failed".into(),
+            Timed::NotRun => String::new(),
         }
     }
 }
@@ -712,7 +716,7 @@ pub fn run_one(
         up_cold.show(),
         ratio(&ours_cold, &up_cold)
     );
-    let skipped = Timed::Failed("not run".into());
+    let skipped = Timed::NotRun;
     for (i, (step, reps, ours_t)) in ours_sync.iter().enumerate() {
         let up_t = up_sync.get(i).unwrap_or(&skipped);
         let _ = writeln!(

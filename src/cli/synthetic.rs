@@ -22,7 +22,8 @@ fn ip4(base: [u8; 2], n: usize) -> String {
 }
 
 /// One `kind: List` with the node, then each Service followed by its EndpointSlice.
-/// Every tenth Service is a NodePort, so the NodePort maps are exercised too.
+/// Every tenth Service is a NodePort (while NodePorts last: the first 27,680 Services), so
+/// the NodePort maps are exercised too.
 pub fn cluster(spec: &Spec) -> Value {
     let items: Vec<Value> = items(spec).collect();
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
@@ -44,10 +45,12 @@ fn uniform_service(spec: &Spec, i: usize) -> [Value; 2] {
     let mut next_ep = i * spec.endpoints;
     let name = format!("svc-{i}");
     let ns = format!("ns-{}", i % 100);
-    let node_port = i % 10 == 0;
+    // NodePorts are unique in a real cluster (30000-32767): past 27,680 Services the
+    // range is used up and the rest stay ClusterIPs.
+    let node_port = i % 10 == 0 && i / 10 < 2768;
     let mut port = json!({"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080});
     if node_port {
-        port["nodePort"] = json!(30000 + (i / 10) % 2768);
+        port["nodePort"] = json!(30000 + i / 10);
     }
     let service = json!({
         "apiVersion": "v1", "kind": "Service",

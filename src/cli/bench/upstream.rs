@@ -20,6 +20,8 @@
 //! - No table comment per element beyond the `no-endpoint-*` ones; no `add`+`delete` of the
 //!   base chains on the first sync; no "unallocated ClusterIP" drop unless Service CIDRs
 //!   are known (as upstream).
+//! - No two Services may claim the same IP and port or NodePort (the API server forbids
+//!   it; upstream and our render keep the first, this text would not load).
 //! - When the node-level settings change, `sync` replaces the tables (upstream does a full
 //!   sync that keeps unchanged elements).
 
@@ -252,14 +254,16 @@ impl Layout {
     }
 }
 
+/// A Service port that is new, changed or gone: its key, what it owned, what it owns now.
+type Change = (String, Option<SvcObjs>, Option<(ServicePort, SvcObjs)>);
+
 impl FamilyLayout {
     fn sync(&mut self, m: &Model, out: &mut String) {
         let f = self.ctx.family;
         let (ff, t) = (fam(f), TABLE);
         let mut seen = HashSet::new();
         // (old, new) for every Service port that is new, changed or gone.
-        let mut changes: Vec<(String, Option<SvcObjs>, Option<(ServicePort, SvcObjs)>)> =
-            Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
         for sp in m.services.iter().filter(|sp| sp.cluster_ip(f).is_some()) {
             let key = service_key(sp);
             seen.insert(key.clone());
