@@ -173,30 +173,48 @@ impl Layout {
 
     /// The whole ruleset as one `nft -f` script (a cold start; the tables must not exist).
     pub fn script(&self) -> String {
-        let mut out = String::new();
+        self.script_chunks(usize::MAX).concat()
+    }
+
+    /// The same ruleset as several `nft -f` scripts to load one after the other: the
+    /// skeletons, then `chunk` Service ports per script. Loads a table too large for one
+    /// `nft -f` within the benchmark's cap, so partial syncs can still be timed on it.
+    pub fn script_chunks(&self, chunk: usize) -> Vec<String> {
+        let mut out = vec![String::new()];
+        for fl in &self.families {
+            out[0].push_str(&fl.skeleton);
+        }
         for fl in &self.families {
             let (f, t) = (fam(fl.ctx.family), TABLE);
-            out.push_str(&fl.skeleton);
-            for (_, objs) in fl.services.values() {
-                for (name, body) in &objs.sets {
-                    let _ = writeln!(out, "add set {f} {t} {name} {{ {body} }}");
-                }
-                for (name, _) in &objs.chains {
-                    let _ = writeln!(out, "add chain {f} {t} {name}");
-                }
-                for (name, rules) in &objs.chains {
-                    for r in rules {
-                        let _ = writeln!(out, "add rule {f} {t} {name} {r}");
-                    }
-                }
-            }
             // Each element once, however many Service ports ask for it.
             let mut seen = HashSet::new();
-            for (_, objs) in fl.services.values() {
-                for e in &objs.elements {
-                    if seen.insert(e) {
-                        add_element(&mut out, fl.ctx.family, e);
+            let services: Vec<&SvcObjs> = fl.services.values().map(|(_, o)| o).collect();
+            for group in services.chunks(chunk.max(1)) {
+                let mut o = String::new();
+                for objs in group {
+                    for (name, body) in &objs.sets {
+                        let _ = writeln!(o, "add set {f} {t} {name} {{ {body} }}");
                     }
+                    for (name, _) in &objs.chains {
+                        let _ = writeln!(o, "add chain {f} {t} {name}");
+                    }
+                    for (name, rules) in &objs.chains {
+                        for r in rules {
+                            let _ = writeln!(o, "add rule {f} {t} {name} {r}");
+                        }
+                    }
+                }
+                for objs in group {
+                    for e in &objs.elements {
+                        if seen.insert(e) {
+                            add_element(&mut o, fl.ctx.family, e);
+                        }
+                    }
+                }
+                if chunk == usize::MAX {
+                    out[0].push_str(&o);
+                } else {
+                    out.push(o);
                 }
             }
         }
@@ -981,6 +999,23 @@ spec:
             table.contains("10.244.1.1 . 10.244.1.1 . tcp . 8080"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn loading_in_chunks_makes_the_same_table() {
+        let layout = Layout::new(&model_of(CLUSTER));
+        let chunks = layout.script_chunks(1);
+        assert_eq!(
+            chunks.len(),
+            1 + 4,
+            "the skeleton, then one script per Service port"
+        );
+        let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+        let Some((chunked, _)) = load(&refs) else {
+            return;
+        };
+        let (whole, _) = load(&[&layout.script()]).unwrap();
+        assert_eq!(items(&chunked), items(&whole));
     }
 
     #[test]
