@@ -542,6 +542,7 @@ pub fn run_one(
     let mut kernel = Vec::new();
     let mut committed = Vec::new();
     let mut fulls = 0;
+    let mut empty = 0;
     for (step, reps) in plan(rounds) {
         let mut times = Vec::new();
         for round in 0..reps {
@@ -557,7 +558,11 @@ pub fn run_one(
             let st = netlink::apply(&update.tx, &decls)?;
             let total = t.elapsed();
             times.push(Timed::Done(total));
-            if step == Step::Endpoints(1) {
+            if update.tx.ops.is_empty() {
+                // The changed endpoint is one the ruleset does not use (not ready, or of a
+                // Service without a ClusterIP): nothing reaches the kernel, no commit.
+                empty += 1;
+            } else if step == Step::Endpoints(1) {
                 compute.push(c);
                 kernel.push(st.send);
                 let commit = commits
@@ -692,6 +697,12 @@ pub fn run_one(
         "  kernel state after the partial syncs equals the last IR: {consistent}{}",
         if fulls > 0 {
             format!(" ({fulls} of the changes needed a full sync)")
+        } else {
+            String::new()
+        } + &if empty > 0 {
+            format!(
+                " ({empty} of the steps changed nothing in our ruleset: the endpoint was not used)"
+            )
         } else {
             String::new()
         }
