@@ -6,7 +6,10 @@
 #   python3 new-connection-cluster.py K > k.json
 #   kube-nftproxy render --hostname-override node-a k.json > k.nft
 #   unshare -n ./new-connection-trace.sh k.nft
+# CIP and NODEPORT name the probed Service (default 10.96.0.10 and 30080, as
+# new-connection-cluster.py makes it; bench/new-connection.sh sets them).
 set -e
+CIP=${CIP:-10.96.0.10} NODEPORT=${NODEPORT:-30080}
 ip link set lo up
 ip link add d0 type veth peer name d1; ip link set d0 up; ip link set d1 up; ip addr add 192.168.0.10/24 dev d0
 ip route add 10.200.0.0/16 dev d0; ip route add 10.96.0.0/12 dev d0
@@ -27,5 +30,5 @@ count() { # $1 dst $2 port
   # rules evaluated in our table for the first packet: "rule" lines (matched rules) plus chain entries
   echo "$(grep "^trace id $id ip kube-nftproxy" ${TMPDIR:-/tmp}/mon.txt | grep -c ' rule ') rule lines, $(grep "^trace id $id ip kube-nftproxy" ${TMPDIR:-/tmp}/mon.txt | grep -vc ' rule ') other"
 }
-echo "ClusterIP: $(count 10.96.0.10 80)"; cp ${TMPDIR:-/tmp}/mon.txt ${TMPDIR:-/tmp}/mon-cip.txt
-echo "NodePort: $(count 192.168.0.10 30080)"; cp ${TMPDIR:-/tmp}/mon.txt ${TMPDIR:-/tmp}/mon-np.txt
+echo "ClusterIP: $(count $CIP 80)"; cp ${TMPDIR:-/tmp}/mon.txt ${TMPDIR:-/tmp}/mon-cip.txt
+echo "NodePort: $(count 192.168.0.10 $NODEPORT)"; cp ${TMPDIR:-/tmp}/mon.txt ${TMPDIR:-/tmp}/mon-np.txt

@@ -189,12 +189,17 @@ pub enum Command {
         /// One-endpoint changes to time per size.
         #[arg(long, default_value_t = 20)]
         rounds: usize,
-        /// `uniform` (--endpoints each) or `realistic` (see `synthetic --mix`).
-        #[arg(long, default_value = "uniform", value_parser = ["uniform", "realistic"])]
+        /// `uniform` (--endpoints each), `realistic` (issue 18's mix, as `synthetic --mix
+        /// realistic` prints it) or `selection` (issue 16's endpoint-count mix).
+        #[arg(long, default_value = "uniform", value_parser = ["uniform", "realistic", "selection"])]
         mix: String,
-        /// Seed of the realistic mix.
+        /// Seed of the realistic and selection mixes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Append one CSV line per layout and size to this file (a header first when the
+        /// file is new): cold start and partial-sync times in ms.
+        #[arg(long)]
+        csv: Option<std::path::PathBuf>,
     },
     /// Print a generated cluster (JSON, as `kubectl get -o json`) for benchmarks.
     Synthetic {
@@ -335,14 +340,33 @@ pub fn main(cli: Cli) -> Result<()> {
             rounds,
             mix,
             seed,
+            csv,
         } => {
             bench::enter_private_netns()?;
-            let realistic = (mix == "realistic").then_some(seed);
+            let mix = match mix.as_str() {
+                "realistic" => bench::BenchMix::Realistic(seed),
+                "selection" => bench::BenchMix::Selection(seed),
+                _ => bench::BenchMix::Uniform(endpoints),
+            };
             for n in services {
-                print!(
-                    "{}",
-                    bench::run_one(n, endpoints, rounds.max(1), realistic)?
-                );
+                let (report, lines) = bench::run_one(n, rounds.max(1), mix)?;
+                print!("{report}");
+                std::io::stdout().flush()?;
+                if let Some(path) = &csv {
+                    let new = std::fs::metadata(path)
+                        .map(|m| m.len() == 0)
+                        .unwrap_or(true);
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?;
+                    if new {
+                        writeln!(f, "{}", bench::CSV_HEADER)?;
+                    }
+                    for l in lines {
+                        writeln!(f, "{l}")?;
+                    }
+                }
             }
             Ok(())
         }
