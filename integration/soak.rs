@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube_nftproxy::nft::normalize::normalize;
+use kube_nftproxy::nft::normalize::{normalize, normalize_slots};
 use serde_json::{json, Value};
 use support::fakeapi::FakeApi;
 use support::*;
@@ -142,7 +142,9 @@ fn churn(api: Arc<FakeApi>, stop: Arc<AtomicBool>, seed: u64, count: Arc<AtomicU
 /// in creation order, so a table built by partial syncs lists them in another order than a
 /// fresh `nft -f` of the same ruleset (rule order inside a chain is kept).
 fn canonical(listing: &str) -> String {
-    let text = normalize(listing);
+    // The agent keeps endpoints in stable slots where `render` numbers them in address
+    // order: compared with the slots under each key renumbered, as the agent tests do.
+    let text = normalize_slots(&normalize(listing));
     let mut head = Vec::new();
     let mut blocks: Vec<String> = Vec::new();
     let mut cur: Option<String> = None;
