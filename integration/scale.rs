@@ -158,18 +158,28 @@ fn run(name: &str, mix: &str, services: usize, endpoints: usize) {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // SCALE_PERF=FILE samples the agent's stacks until the first sync (`perf report -i FILE`).
-    let perf = std::env::var_os("SCALE_PERF").map(|f| {
+    // SCALE_PERF=FILE samples the agent's stacks until the first sync, and
+    // SCALE_PERF_CHANGES=FILE during the endpoint changes (`perf report -i FILE`).
+    let pid = child.id();
+    let record = |f: std::ffi::OsString| {
         std::process::Command::new("perf")
             .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-p"])
-            .arg(child.id().to_string())
+            .arg(pid.to_string())
             .arg("-o")
             .arg(f)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("perf")
-    });
+    };
+    let stop = |mut p: std::process::Child| {
+        // SIGINT makes perf write its file.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    };
+    let perf = std::env::var_os("SCALE_PERF").map(record);
     let (tx, rx) = mpsc::channel::<Synced>();
     let stderr = child.stderr.take().unwrap();
     // SCALE_LOG=FILE keeps the agent's log, to see where the time goes.
@@ -201,13 +211,9 @@ fn run(name: &str, mix: &str, services: usize, endpoints: usize) {
             eprintln!("request: {r}");
         }
     }
-    let _ = perf.map(|mut p| {
-        // SIGINT makes perf write its file.
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &p.id().to_string()])
-            .status();
-        let _ = p.wait();
-    });
+    if let Some(p) = perf {
+        stop(p);
+    }
 
     // Every Service is there: the kernel's tables equal the render, element for element.
     let got = ns.run_in(|| {
@@ -235,6 +241,7 @@ fn run(name: &str, mix: &str, services: usize, endpoints: usize) {
     while rx.try_recv().is_ok() {} // syncs that followed the first one
     let (mut to_commit, mut e2e, mut sync) = (Vec::new(), Vec::new(), Vec::new());
     let mut unused = 0;
+    let perf = std::env::var_os("SCALE_PERF_CHANGES").map(record);
     for k in 0..20usize {
         let mut s = slices[(k * 7919) % slices.len()].clone();
         s["endpoints"][0]["addresses"][0] =
@@ -267,6 +274,9 @@ fn run(name: &str, mix: &str, services: usize, endpoints: usize) {
         e2e.push(ms(done.at - t0));
         sync.push(done.elapsed_ms);
         std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(p) = perf {
+        stop(p);
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let _ = child.kill();
