@@ -348,35 +348,13 @@ fn line_diff(want: &str, got: &str) -> String {
 /// of the fake's Services, EndpointSlices (or Endpoints) and Nodes, loaded with `nft -f`
 /// into a scratch namespace and listed back, normalized.
 fn expected_listing(api: &FakeApi, slices: bool) -> String {
-    let mut docs = String::new();
     let kinds: &[&str] = if slices {
         &["services", "endpointslices", "nodes"]
     } else {
         &["services", "endpoints", "nodes"]
     };
-    for kind in kinds {
-        for o in api.objects(kind) {
-            docs += "---\n";
-            docs += &serde_json::to_string(&o).unwrap();
-            docs += "\n";
-        }
-    }
     let dir = TempDir::new("expected");
-    let file = dir.path().join("cluster.yaml");
-    std::fs::write(&file, docs).unwrap();
-    let out = Command::new(BIN)
-        .arg("render")
-        .args(BASE_ARGS)
-        .arg(&file)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kube-nftproxy render");
-    assert!(
-        out.status.success(),
-        "render failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let script = String::from_utf8_lossy(&out.stdout).into_owned();
+    let script = render_script(&BASE_ARGS, dir.path(), &api.documents(kinds));
     let scratch = Netns::create(&format!("kntp-{}-expect", random_id()), "expect").unwrap();
     scratch
         .nft_apply(&script)

@@ -26,7 +26,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,31 +179,11 @@ fn listing(node: &Netns) -> String {
 
 /// What the node should hold for the fake's objects now (see the module doc).
 fn expected(api: &FakeApi, scratch: &Netns, dir: &std::path::Path) -> String {
-    let mut docs = String::new();
-    for kind in ["services", "endpointslices", "nodes"] {
-        for o in api.objects(kind) {
-            docs += "---\n";
-            docs += &serde_json::to_string(&o).unwrap();
-            docs += "\n";
-        }
-    }
-    let file = dir.join("cluster.yaml");
-    std::fs::write(&file, docs).unwrap();
-    let out = Command::new(BIN)
-        .arg("render")
-        .args(BASE_ARGS)
-        .arg(&file)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kube-nftproxy render");
-    assert!(
-        out.status.success(),
-        "render: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let docs = api.documents(&["services", "endpointslices", "nodes"]);
+    let script = render_script(&BASE_ARGS, dir, &docs);
     let _ = scratch.nft(["flush", "ruleset"]);
     scratch
-        .nft_apply(&String::from_utf8_lossy(&out.stdout))
+        .nft_apply(&script)
         .expect("nft -f of the rendered script");
     canonical(&listing(scratch))
 }

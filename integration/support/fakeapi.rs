@@ -404,6 +404,20 @@ impl FakeApi {
             .cloned()
     }
 
+    /// The stored objects of `kinds`, as one multi-document YAML file (each document the
+    /// object's JSON): what `kube-nftproxy render` reads.
+    pub fn documents(&self, kinds: &[&str]) -> String {
+        let mut docs = String::new();
+        for kind in kinds {
+            for o in self.objects(kind) {
+                docs += "---\n";
+                docs += &serde_json::to_string(&o).unwrap();
+                docs += "\n";
+            }
+        }
+        docs
+    }
+
     /// All stored objects of a kind, sorted by namespace/name.
     pub fn objects(&self, kind: &str) -> Vec<Value> {
         let idx = resolve_kind(kind);

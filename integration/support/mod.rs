@@ -194,3 +194,23 @@ pub fn random_id() -> String {
         .expect("read /dev/urandom");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// `kube-nftproxy render ARGS FILE` of `docs`, written to `dir/cluster.yaml`: the script it
+/// prints. Panics (with render's error) when render fails.
+pub fn render_script(args: &[&str], dir: &std::path::Path, docs: &str) -> String {
+    let file = dir.join("cluster.yaml");
+    std::fs::write(&file, docs).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-nftproxy"))
+        .arg("render")
+        .args(args)
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kube-nftproxy render");
+    assert!(
+        out.status.success(),
+        "render failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
